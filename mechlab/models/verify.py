@@ -1,0 +1,190 @@
+"""Fidelity check: does the hooked model compute what the original model computes?
+
+``verify`` runs fixed prompts through the hooked model and through an independent reference — a
+fresh transformers model loaded straight from the same GGUF file or directory, never wrapped by
+TransformerLens — and compares their next-token distributions at every position and their greedy
+continuations. In float32 the two agree to ~5e-5 in log-probability; a larger gap means the
+conversion, the cache or the hooks changed the model.
+"""
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechlab.errors import InputError
+from mechlab.models.gguf import strip_quantization
+from mechlab.models.hf import quiet_transformers
+from mechlab.models.load import LoadedModel, load_model, resolve_source
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "The Eiffel Tower is located in the city of",
+    "When Mary and John went to the store, John gave a drink to",
+    "def fibonacci(n):\n    if n < 2:\n        return",
+    "Water boils at a temperature of",
+)
+DEFAULT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}
+LOW_PRECISION_TOLERANCE = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationPair:
+    prompt: str
+    hooked: str
+    reference: str
+
+    @property
+    def agree(self) -> bool:
+        return self.hooked == self.reference
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """Agreement between the hooked model and its reference over ``n_positions`` positions."""
+
+    source: str
+    reference: str
+    n_prompts: int
+    n_positions: int
+    max_abs_dlogprob: float
+    mean_kl: float
+    max_kl: float
+    top1_agreement: float
+    generations: tuple[GenerationPair, ...]
+    tolerance: float
+    seconds: float
+
+    @property
+    def generation_agreement(self) -> float:
+        return sum(g.agree for g in self.generations) / max(len(self.generations), 1)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.max_abs_dlogprob <= self.tolerance
+            and self.top1_agreement == 1.0
+            and self.generation_agreement == 1.0
+        )
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (
+            f"{verdict}: hooked model vs {self.reference} on {self.n_prompts} prompts "
+            f"({self.n_positions} positions): max |Δ log-prob| {self.max_abs_dlogprob:.2e} "
+            f"(tolerance {self.tolerance:.0e}), KL mean {self.mean_kl:.2e} / max {self.max_kl:.2e} nats, "
+            f"top-1 agreement {self.top1_agreement:.1%}, greedy generations identical "
+            f"{self.generation_agreement:.0%}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(passed=self.passed, generation_agreement=self.generation_agreement)
+        return data
+
+
+def load_reference(source: str) -> tuple[Any, str]:
+    """An independent transformers model for ``source`` (float32, CPU) and a description of it."""
+    from transformers import AutoModelForCausalLM
+
+    kind, target = resolve_source(source)
+    if kind == "toy":
+        raise InputError(
+            "Toy models are TransformerLens-native: there is no independent implementation to verify "
+            "them against. verify works on GGUF files, Ollama models and Hugging Face checkpoints."
+        )
+    with quiet_transformers():
+        if kind == "gguf":
+            path = Path(target).expanduser()
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            )
+            strip_quantization(model)
+            description = f"transformers loading {path.name} directly"
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                target, dtype=torch.float32, local_files_only=kind == "hf"
+            )
+            description = f"transformers loading {target}"
+    return model.eval(), description
+
+
+@torch.no_grad()
+def compare(
+    loaded: LoadedModel,
+    reference: Any,
+    description: str,
+    *,
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS,
+    max_new_tokens: int = 12,
+    tolerance: float | None = None,
+) -> VerifyReport:
+    """Compare a loaded hooked model with a reference transformers model on ``prompts``."""
+    start = time.perf_counter()
+    model = loaded.model
+    if tolerance is None:
+        tolerance = DEFAULT_TOLERANCE.get(loaded.model.cfg.dtype, LOW_PRECISION_TOLERANCE)
+    dlogprob, kls, top1 = [], [], []
+    generations = []
+    for prompt in prompts:
+        tokens = model.to_tokens(prompt)
+        hooked = torch.log_softmax(model(tokens).double().cpu(), dim=-1)[0]
+        ref = torch.log_softmax(reference(tokens.cpu()).logits.double(), dim=-1)[0]
+        dlogprob.append((hooked - ref).abs().amax().item())
+        kls.append((ref.exp() * (ref - hooked)).sum(-1))
+        top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
+        ours = model.generate(
+            tokens, max_new_tokens=max_new_tokens, do_sample=False, return_type="tokens", verbose=False
+        )
+        theirs = reference.generate(
+            tokens.cpu(),
+            attention_mask=torch.ones_like(tokens.cpu()),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=loaded.tokenizer.eos_token_id,
+        )
+        n = tokens.shape[-1]
+        generations.append(
+            GenerationPair(
+                prompt,
+                loaded.tokenizer.decode(ours[0, n:].tolist()),
+                loaded.tokenizer.decode(theirs[0, n:].tolist()),
+            )
+        )
+    all_kl = torch.cat(kls)
+    return VerifyReport(
+        source=loaded.info.source,
+        reference=description,
+        n_prompts=len(prompts),
+        n_positions=int(all_kl.numel()),
+        max_abs_dlogprob=max(dlogprob),
+        mean_kl=all_kl.mean().item(),
+        max_kl=all_kl.max().item(),
+        top1_agreement=torch.cat(top1).mean().item(),
+        generations=tuple(generations),
+        tolerance=tolerance,
+        seconds=round(time.perf_counter() - start, 2),
+    )
+
+
+def verify(
+    source: str = "smollm2",
+    *,
+    loaded: LoadedModel | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS,
+    max_new_tokens: int = 12,
+    tolerance: float | None = None,
+) -> VerifyReport:
+    """Load ``source`` (unless ``loaded`` is given) and compare it with an independent reference.
+
+    Returns:
+        A ``VerifyReport``; ``report.passed`` is False when any prompt disagrees beyond tolerance.
+    """
+    loaded = loaded or load_model(source, device=device, dtype=dtype)
+    reference, description = load_reference(loaded.info.source)
+    return compare(
+        loaded, reference, description, prompts=prompts, max_new_tokens=max_new_tokens, tolerance=tolerance
+    )

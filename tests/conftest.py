@@ -1,0 +1,66 @@
+"""Test configuration: no network, tiny seeded models for unit tests, SmolLM2 for integration.
+
+Hugging Face offline mode is switched on before anything imports transformers, and every socket
+connection outside loopback fails the test that made it.
+"""
+
+import os
+import socket
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+import mechlab
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: object) -> object:
+    host = address[0] if isinstance(address, tuple) else address
+    if self.family == socket.AF_UNIX or host in ("127.0.0.1", "::1", "localhost"):
+        return _real_connect(self, address)
+    raise RuntimeError(f"Tests must not touch the network (connection to {address!r}).")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> mechlab.LoadedModel:
+    """A 2-layer model with MLPs (seed 0)."""
+    return mechlab.load_model("toy:tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa() -> mechlab.LoadedModel:
+    """Like ``tiny`` with 2 key/value heads for 4 query heads."""
+    return mechlab.load_model("toy:tiny-gqa")
+
+
+@pytest.fixture(scope="session")
+def attn_only() -> mechlab.LoadedModel:
+    """The untrained attention-only 2-layer preset."""
+    return mechlab.load_model("toy:attn-only-2l")
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> mechlab.LoadedModel:
+    """The bundled SmolLM2-135M-Instruct, converted once per cache directory."""
+    return mechlab.load_model("smollm2")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.smollm2)
