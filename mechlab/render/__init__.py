@@ -1,0 +1,1 @@
+"""Rendering: matplotlib figures and self-contained, offline HTML."""
