@@ -25,13 +25,16 @@ demo: install
 	$(BIN)/mechlab verify smollm2
 
 test: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not notebook"
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not smollm2"
+	$(BIN)/python -m pytest -m "not slow and not notebook and not smollm2"
 
 test-slow: install
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m "slow and not notebook"
+
+notebooks: install
+	$(BIN)/python -m pytest -m notebook tests/notebooks
 
 lint: install
 	$(BIN)/ruff check mechlab tests bench circuits
