@@ -9,6 +9,7 @@ It tokenizes the way the model's own runtime does: BOS is prepended only when th
 tokenizer metadata asks for it (SmolLM2's GGUF says ``add_bos_token = false``).
 """
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -77,7 +78,7 @@ def load_model(
         model, info = _load_gguf(source, Path(target), device=device, dtype=dtype, say=say)
     else:
         model, info = _load_hf(source, kind, target, device=device, dtype=dtype, say=say)
-    info = _replace(info, load_seconds=round(time.perf_counter() - start, 3))
+    info = dataclasses.replace(info, load_seconds=round(time.perf_counter() - start, 3))
     return LoadedModel(model, getattr(model, "tokenizer", None), info)
 
 
@@ -113,12 +114,6 @@ def resolve_source(source: str) -> tuple[str, str]:
     if _HUB_NAME.match(text):
         return "hub", text
     raise SourceError(MSG_UNKNOWN_SOURCE.format(source=source, hint="It is not a path that exists."))
-
-
-def _replace(info: ModelInfo, **changes: Any) -> ModelInfo:
-    import dataclasses
-
-    return dataclasses.replace(info, **changes)
 
 
 def wrap_hf_model(
