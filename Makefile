@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip install --quiet --progress-bar off
 # torch is pinned to the CPU wheel (constraints.txt): an unpinned torch pulls a multi-GB CUDA build.
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: install demo test test-fast test-slow lint bench notebooks clean
+.PHONY: install demo test test-fast test-slow lint bench notebooks browser-deps clean
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ lint: install
 	$(BIN)/ruff check mechlab tests bench circuits
 	$(BIN)/ruff format --check mechlab tests bench circuits
 	$(BIN)/mypy
+
+# Debian's Chromium + ChromeDriver for the browser tests (tests/browser); skipped when absent.
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver present"; \
+	else \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -64,3 +64,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.smollm2)
+        if "browser" in item.path.parts:
+            item.add_marker(pytest.mark.browser)
