@@ -30,9 +30,11 @@ from mechlab.errors import (
 )
 from mechlab.generation import Completion, encode_prompt, generate, next_token_alternatives
 from mechlab.interventions.attribution_patching import Agreement, agreement, attribution_patch
+from mechlab.interventions.edges import EdgeScores, eap_ig
 from mechlab.interventions.hooks import active_hook_count, hooked
 from mechlab.interventions.inputs import Ablation
 from mechlab.interventions.patching import patch
+from mechlab.interventions.paths import path_patch
 from mechlab.interventions.result import PatchResult
 from mechlab.interventions.sweep import Sweep
 from mechlab.metrics import (
@@ -49,6 +51,7 @@ from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel, load_model
 from mechlab.models.toy import save_toy
 from mechlab.models.verify import VerifyReport, verify
+from mechlab.shards import CaptureDataset, CaptureProgress, RichProgress, capture_dataset, read_capture
 from mechlab.sites import Site, head_sites, layer_sites
 from mechlab.types import HookedModel
 
@@ -62,9 +65,12 @@ __all__ = [
     "AnswerLogit",
     "AnswerProb",
     "BundledModelMissingError",
+    "CaptureDataset",
+    "CaptureProgress",
     "CaptureStoreError",
     "Completion",
     "CorruptModelError",
+    "EdgeScores",
     "HookError",
     "HookedModel",
     "HubUnreachableError",
@@ -80,6 +86,7 @@ __all__ = [
     "ModelNotFoundError",
     "OllamaModelNotFoundError",
     "PatchResult",
+    "RichProgress",
     "Site",
     "SiteError",
     "SourceError",
@@ -92,6 +99,8 @@ __all__ = [
     "attribution_patch",
     "cache_dir",
     "capture",
+    "capture_dataset",
+    "eap_ig",
     "encode_prompt",
     "estimate_memory",
     "generate",
@@ -102,6 +111,8 @@ __all__ = [
     "next_token_alternatives",
     "normalized_effect",
     "patch",
+    "path_patch",
+    "read_capture",
     "save_toy",
     "verify",
 ]

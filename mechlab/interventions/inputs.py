@@ -73,7 +73,7 @@ def _pieces(model: HookedModel, row: Tensor) -> list[str]:
     return [str(piece) for piece in model.to_str_tokens(row)]  # type: ignore[attr-defined]
 
 
-def alignment_hint(model: HookedModel, clean: Tokens, corrupted: Tokens) -> str:
+def alignment_hint(model: HookedModel, clean: Tensor, corrupted: Tensor) -> str:
     """Both first prompts' tokens side by side, from a little before where they first differ."""
     a, b = _pieces(model, clean[0]), _pieces(model, corrupted[0])
     first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))

@@ -47,6 +47,7 @@ class PatchResult:
         method: ``"activation"``, ``"path"`` or ``"attribution"`` (a linear estimate).
         metric: a description of the metric.
         seconds: wall time of the computation.
+        context: what else defines the result (e.g. the receivers of path patching).
     """
 
     values: Tensor
@@ -60,6 +61,7 @@ class PatchResult:
     method: str
     metric: str
     seconds: float
+    context: str = ""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -150,9 +152,11 @@ class PatchResult:
 
     def summary(self) -> str:
         corrupted = "-" if self.corrupted_mean is None else f"{self.corrupted_mean:.4f}"
+        context = f" [{self.context}]" if self.context else ""
         return (
-            f"{self.method} patching ({self.direction}) over {'×'.join(self.axes)} {self.shape}: "
-            f"{self.metric}; clean {self.clean_mean:.4f}, corrupted {corrupted}; {self.seconds:.1f} s"
+            f"{self.method} patching ({self.direction}){context} over {'×'.join(self.axes)} "
+            f"{self.shape}: {self.metric}; clean {self.clean_mean:.4f}, corrupted {corrupted}; "
+            f"{self.seconds:.1f} s"
         )
 
     def _repr_html_(self) -> str:
@@ -195,6 +199,7 @@ class PatchResult:
             "method": self.method,
             "direction": self.direction,
             "metric": self.metric,
+            "context": self.context,
             "clean": self.clean_mean,
             "corrupted": self.corrupted_mean,
             "axes": list(self.axes),
