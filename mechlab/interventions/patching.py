@@ -155,8 +155,15 @@ def patch(
 
     batch = int(target_tokens.shape[0])
     values = torch.empty(len(plan.variants), batch)
-    done = 0
-    for chunk in chunks(starts, batch, batch_size):
+    # Variants confined to the shared prefix change nothing: they score as the unpatched run.
+    idle = [
+        i for i, v in enumerate(plan.variants) if all(s.pos is not None and s.pos < runner.offset for s in v)
+    ]
+    values[idle] = score.baseline(runner.logits)
+    busy = sorted(set(range(len(plan.variants))) - set(idle))
+    done = len(idle)
+    for part in chunks([starts[i] for i in busy], batch, batch_size):
+        chunk = [busy[i] for i in part]
         replacements = [[Replacement(s, sources[full_site(s)]) for s in plan.variants[i]] for i in chunk]
         logits, _ = runner.run(replacements, chunk_start(starts, chunk))
         assert logits is not None
