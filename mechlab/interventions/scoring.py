@@ -73,6 +73,8 @@ def describe(metric: Any) -> str:
 def _ids(value: Any) -> str:
     if isinstance(value, Tensor):
         value = value.tolist()
+    if isinstance(value, list | tuple) and len(value) > 3:
+        return "per prompt"
     return str(value)
 
 
