@@ -21,7 +21,7 @@ def ioi(smollm2):  # type: ignore[no-untyped-def]
 
 
 def test_ioi_pair_baselines(ioi) -> None:
-    model, clean, corrupted, _, heads = ioi
+    _model, clean, corrupted, _, heads = ioi
     assert clean.shape == corrupted.shape == (1, 20)
     assert heads.clean_mean == pytest.approx(5.99, abs=0.05)
     assert heads.corrupted_mean == pytest.approx(1.78, abs=0.05)
@@ -61,7 +61,9 @@ def test_prefix_sharing_gives_the_same_numbers(ioi, monkeypatch) -> None:
     sweep = Sweep("resid_pre", layers=(0, 14, 29), per_position=True)
     fast = mechlab.patch(model, clean, corrupted, sweep, metric)
     original = runner_module.Runner._choose_mode
-    monkeypatch.setattr(runner_module.Runner, "_choose_mode", lambda self, prefix, layers: original(self, 0, layers))
+    monkeypatch.setattr(
+        runner_module.Runner, "_choose_mode", lambda self, prefix, layers: original(self, 0, layers)
+    )
     slow = mechlab.patch(model, clean, corrupted, sweep, metric)
     torch.testing.assert_close(fast.values, slow.values, atol=1e-4, rtol=0)
     # Layer 0, the first differing position (13) recovers the clean run exactly; others do nothing.

@@ -46,7 +46,9 @@ def test_atp_is_exact_where_the_metric_is_linear(linear_model, pair, kind) -> No
 def test_atp_with_an_ablation_baseline(linear_model, pair) -> None:
     clean, _ = pair
     sites = [Site("z", 1, h) for h in range(4)]
-    estimate = attribution_patch(linear_model, clean[:1], Ablation("mean"), sites, AnswerLogit(3), direction="noise")
+    estimate = attribution_patch(
+        linear_model, clean[:1], Ablation("mean"), sites, AnswerLogit(3), direction="noise"
+    )
     actual = patch(linear_model, clean[:1], Ablation("mean"), sites, AnswerLogit(3), direction="noise")
     torch.testing.assert_close(estimate.values, actual.values, atol=1e-4, rtol=0)
     assert estimate.corrupted is None and estimate.top(1)[0].sites[0].kind == "z"
@@ -107,7 +109,9 @@ def _reference_path_patch(model, clean, corrupted, sender, receiver):  # type: i
     def keep(act: torch.Tensor, site: Site) -> None:
         kept["value"] = act.clone()
 
-    with mechlab.hooked(model, [(Site("z", 0), freeze), (Site("z", 1), freeze), (receiver.with_(head=None), keep)]):
+    with mechlab.hooked(
+        model, [(Site("z", 0), freeze), (Site("z", 1), freeze), (receiver.with_(head=None), keep)]
+    ):
         model(clean)
 
     def receive(act: torch.Tensor, site: Site) -> torch.Tensor:

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 import mechlab
-from mechlab import CaptureStoreError, MemoryLimitError, Site, SiteError, capture, capture_dataset, estimate_memory
+from mechlab import (
+    CaptureStoreError,
+    MemoryLimitError,
+    Site,
+    SiteError,
+    capture,
+    capture_dataset,
+    estimate_memory,
+)
 from mechlab import shards as shards_module
 
 
@@ -32,7 +40,9 @@ def test_memory_estimate_is_exact_and_refusal_teaches(tiny_gqa, tokens) -> None:
     estimate = estimate_memory(model, tokens, sites)
     assert estimate.total == capture(model, tokens, sites).nbytes
     assert estimate.per_site[Site("k", 0)] == 2 * 12 * 2 * 8 * 4  # batch·pos·kv_heads·d_head·fp32
-    with pytest.raises(MemoryLimitError, match=r"(?s)needs about .* above the limit of 100 B.*max_bytes=None"):
+    with pytest.raises(
+        MemoryLimitError, match=r"(?s)needs about .* above the limit of 100 B.*max_bytes=None"
+    ):
         capture(model, tokens, sites, max_bytes=100)
     assert len(capture(model, tokens, sites, max_bytes=None)) == 4
 
@@ -47,7 +57,10 @@ def test_bad_sites_are_refused_before_running(tiny, tokens) -> None:
 
 def _inputs(n: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(3)
-    return [torch.randint(0, 50, (int(torch.randint(4, 10, (1,), generator=generator)),), generator=generator) for _ in range(n)]
+    return [
+        torch.randint(0, 50, (int(torch.randint(4, 10, (1,), generator=generator)),), generator=generator)
+        for _ in range(n)
+    ]
 
 
 SITES = [Site("resid_post", 0), Site("z", 1, 0)]
@@ -88,7 +101,9 @@ def test_interrupted_capture_resumes_without_duplicates(tiny, tmp_path) -> None:
     resumed = capture_dataset(tiny.model, inputs, SITES, tmp_path / "run", batch_size=2, progress=seen.append)
     assert [s.batches for s in seen] == [3, 4, 5] and seen[0].resumed_batches == 2
     assert _shard_indices(tmp_path / "run") == [0, 1, 2, 3, 4]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        p.name for p in (tmp_path / "ref").iterdir()
+    )
     for site in ("resid_post.0", "z.1.0", "tokens", "lengths"):
         assert torch.equal(resumed.stack(site), reference.stack(site))
 
@@ -121,5 +136,5 @@ def test_resume_refuses_a_different_run(tiny, tmp_path) -> None:
         capture_dataset(tiny.model, inputs, [Site("resid_post", 1)], tmp_path, batch_size=2)
     with pytest.raises(CaptureStoreError, match="batch 0 has different tokens"):
         capture_dataset(tiny.model, list(reversed(inputs)), SITES, tmp_path, batch_size=2)
-    with pytest.raises(CaptureStoreError, match="no manifest.json"):
+    with pytest.raises(CaptureStoreError, match=r"no manifest\.json"):
         mechlab.read_capture(tmp_path / "missing")

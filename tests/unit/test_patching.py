@@ -41,7 +41,9 @@ def test_patching_the_whole_residual_stream_restores_the_clean_run(tiny, pair, k
 
 def test_resid_pre_at_the_differing_position_recovers_clean_exactly(tiny, pair) -> None:
     clean, corrupted = pair
-    result = patch(tiny.model, clean, corrupted, [Site("resid_pre", 0, pos=5), Site("resid_pre", 0, pos=4)], METRIC)
+    result = patch(
+        tiny.model, clean, corrupted, [Site("resid_pre", 0, pos=5), Site("resid_pre", 0, pos=4)], METRIC
+    )
     torch.testing.assert_close(result.per_prompt[0], result.clean, atol=1e-5, rtol=0)
     torch.testing.assert_close(result.per_prompt[1], result.corrupted, atol=1e-5, rtol=0)
 
@@ -123,7 +125,9 @@ def test_zero_ablation_of_a_layer_matches_hooks(tiny, pair) -> None:
 
 def test_length_mismatch_error_shows_tokens(tiny) -> None:
     clean, corrupted = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 2, 9, 9, 4]])
-    with pytest.raises(InputError, match=r"(?s)same shape.*first differ at position 2.*<- differs.*single token"):
+    with pytest.raises(
+        InputError, match=r"(?s)same shape.*first differ at position 2.*<- differs.*single token"
+    ):
         patch(tiny.model, clean, corrupted, "z", METRIC)
 
 
@@ -151,7 +155,7 @@ def test_hooks_are_removed_when_the_metric_raises(tiny, pair) -> None:
 
 
 def test_hooks_are_removed_after_an_exception_inside_a_hook(tiny, pair) -> None:
-    clean, corrupted = pair
+    _clean, corrupted = pair
     bad = runner_module.Replacement(Site("z", 1, 0), torch.zeros(3, 3))
     runner = runner_module.Runner(tiny.model, corrupted, positions=[-1], resume_layers=[1])
     with pytest.raises(mechlab.HookError, match=r"z\.1"):

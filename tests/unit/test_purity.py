@@ -26,7 +26,9 @@ def test_public_calls_do_not_mutate_inputs(tiny, tmp_path) -> None:
     calls = [
         lambda: mechlab.capture(model, clean, [Site("z", 1, 0), Site("resid_pre", 0, pos=1)]),
         lambda: mechlab.patch(model, clean, corrupted, "z", metric),
-        lambda: mechlab.patch(model, clean, corrupted, Sweep("resid_mid", per_position=True), kl, direction="noise"),
+        lambda: mechlab.patch(
+            model, clean, corrupted, Sweep("resid_mid", per_position=True), kl, direction="noise"
+        ),
         lambda: mechlab.patch(model, clean, Ablation("mean"), "attn_out", metric, direction="noise"),
         lambda: mechlab.attribution_patch(model, clean, corrupted, "z", metric),
         lambda: mechlab.path_patch(model, clean, corrupted, "z", [Site("v", 1, 1)], metric),
