@@ -33,11 +33,8 @@ from mechlab.interventions.inputs import (
     Ablation,
     Direction,
     TokensLike,
-    as_tokens,
-    check_direction,
-    check_pair,
 )
-from mechlab.interventions.patching import full_site, pos_labels
+from mechlab.interventions.patching import full_site, make_result, pos_labels, split_pair
 from mechlab.interventions.result import PatchResult
 from mechlab.interventions.scoring import MetricLike, Scorer, scorer
 from mechlab.interventions.sweep import SitesLike, resolve
@@ -102,13 +99,7 @@ def attribution_patch(
         A ``PatchResult`` (``method="attribution"``) whose values are the estimated patched metric.
     """
     started = time.perf_counter()
-    ablation = corrupted if isinstance(corrupted, Ablation) else None
-    check_direction(direction, ablation is not None)
-    if ablation is None:
-        assert not isinstance(corrupted, Ablation)
-        clean_tokens, corrupted_tokens = check_pair(model, clean, corrupted)
-    else:
-        clean_tokens, corrupted_tokens = as_tokens(model, clean), None
+    clean_tokens, corrupted_tokens, ablation = split_pair(model, clean, corrupted, direction)
     plan = resolve(model, sites, pos_labels(model, clean_tokens[0]))
     score = scorer(metric, int(clean_tokens.shape[1]))
     hook_sites = list(dict.fromkeys(full_site(s) for variant in plan.variants for s in variant))
@@ -136,17 +127,13 @@ def attribution_patch(
             for variant in plan.variants
         ]
     )
-    per_prompt = estimates.reshape(*plan.shape, -1)
-    return PatchResult(
-        values=per_prompt.mean(-1),
-        per_prompt=per_prompt,
-        clean=clean_metric,
-        corrupted=corrupted_metric,
-        axes=plan.axes,
-        labels=plan.labels,
-        sites=plan.variants,
-        direction=direction,
-        method="attribution",
+    return make_result(
+        plan,
+        estimates,
+        clean_metric,
+        corrupted_metric,
+        direction,
+        "attribution",
         metric=score.describe(),
         seconds=time.perf_counter() - started,
     )

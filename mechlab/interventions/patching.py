@@ -28,6 +28,7 @@ patches, so a sweep over all heads costs a fraction of one forward pass per head
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,7 +45,7 @@ from mechlab.interventions.inputs import (
 from mechlab.interventions.result import PatchResult
 from mechlab.interventions.runner import Replacement, Runner
 from mechlab.interventions.scoring import MetricLike, scorer
-from mechlab.interventions.sweep import SitesLike, resolve, start_layer
+from mechlab.interventions.sweep import Plan, SitesLike, resolve, start_layer
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens
 
@@ -86,6 +87,65 @@ def chunk_start(starts: Sequence[int | None], chunk: Sequence[int]) -> int | Non
     return min(s for s in values if s is not None)
 
 
+Evaluate = Callable[[list[int], int | None], Tensor]
+
+
+def run_chunks(
+    values: Tensor,
+    todo: Sequence[int],
+    starts: Sequence[int | None],
+    batch_size: int,
+    evaluate: Evaluate,
+    progress: Progress | None,
+) -> None:
+    """Fill ``values[i]`` (``[batch]`` per variant) for the variants ``todo``, a batch of variants
+    at a time: ``evaluate(indices, start_layer) -> [len(indices), batch]``."""
+    done = len(values) - len(todo)
+    for part in chunks([starts[i] for i in todo], int(values.shape[1]), batch_size):
+        chunk = [todo[i] for i in part]
+        values[chunk] = evaluate(chunk, chunk_start(starts, chunk))
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(values))
+
+
+def split_pair(
+    model: HookedModel, clean: TokensLike, corrupted: "TokensLike | Ablation", direction: str
+) -> tuple[Tokens, Tokens | None, Ablation | None]:
+    """Tokens of both runs (``None`` for an ablation), checked for shape and direction."""
+    if isinstance(corrupted, Ablation):
+        check_direction(direction, True)
+        return as_tokens(model, clean), None, corrupted
+    check_direction(direction, False)
+    clean_tokens, corrupted_tokens = check_pair(model, clean, corrupted)
+    return clean_tokens, corrupted_tokens, None
+
+
+def make_result(
+    plan: Plan,
+    values: Tensor,
+    clean: Tensor,
+    corrupted: Tensor | None,
+    direction: str,
+    method: str,
+    **extra: Any,
+) -> PatchResult:
+    """A PatchResult from per-variant, per-prompt ``values`` ``[variant, batch]`` and baselines."""
+    per_prompt = values.reshape(*plan.shape, values.shape[-1])
+    return PatchResult(
+        values=per_prompt.mean(-1),
+        per_prompt=per_prompt,
+        clean=clean,
+        corrupted=corrupted,
+        axes=plan.axes,
+        labels=plan.labels,
+        sites=plan.variants,
+        direction=direction,
+        method=method,
+        **extra,
+    )
+
+
 def patch(
     model: HookedModel,
     clean: TokensLike,
@@ -120,18 +180,11 @@ def patch(
         SiteError: a site the model does not have, or a kind that cannot be patched.
     """
     started = time.perf_counter()
-    ablation = corrupted if isinstance(corrupted, Ablation) else None
-    check_direction(direction, ablation is not None)
-    if ablation is None:
-        assert not isinstance(corrupted, Ablation)
-        clean_tokens, corrupted_tokens = check_pair(model, clean, corrupted)
-    else:
-        clean_tokens, corrupted_tokens = as_tokens(model, clean), None
+    clean_tokens, corrupted_tokens, ablation = split_pair(model, clean, corrupted, direction)
     plan = resolve(model, sites, pos_labels(model, clean_tokens[0]))
     score = scorer(metric, int(clean_tokens.shape[1]))
     hook_sites = list(dict.fromkeys(full_site(s) for variant in plan.variants for s in variant))
     starts = [start_layer(v) for v in plan.variants]
-
     denoise = direction == "denoise"
     target_tokens = corrupted_tokens if denoise and corrupted_tokens is not None else clean_tokens
     runner = Runner(
@@ -153,36 +206,28 @@ def patch(
         pair = (source.logits, runner.logits)
         clean_logits, corrupted_logits = pair if denoise else pair[::-1]
 
-    batch = int(target_tokens.shape[0])
-    values = torch.empty(len(plan.variants), batch)
+    def evaluate(chunk: list[int], start: int | None) -> Tensor:
+        replacements = [[Replacement(s, sources[full_site(s)]) for s in plan.variants[i]] for i in chunk]
+        logits, _ = runner.run(replacements, start)
+        assert logits is not None
+        return score(logits)
+
+    values = torch.empty(len(plan.variants), int(target_tokens.shape[0]))
     # Variants confined to the shared prefix change nothing: they score as the unpatched run.
     idle = [
         i for i, v in enumerate(plan.variants) if all(s.pos is not None and s.pos < runner.offset for s in v)
     ]
     values[idle] = score.baseline(runner.logits)
-    busy = sorted(set(range(len(plan.variants))) - set(idle))
-    done = len(idle)
-    for part in chunks([starts[i] for i in busy], batch, batch_size):
-        chunk = [busy[i] for i in part]
-        replacements = [[Replacement(s, sources[full_site(s)]) for s in plan.variants[i]] for i in chunk]
-        logits, _ = runner.run(replacements, chunk_start(starts, chunk))
-        assert logits is not None
-        values[chunk] = score(logits)
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(plan.variants))
-
-    per_prompt = values.reshape(*plan.shape, batch)
-    return PatchResult(
-        values=per_prompt.mean(-1),
-        per_prompt=per_prompt,
-        clean=score.baseline(clean_logits),
-        corrupted=None if corrupted_logits is None else score.baseline(corrupted_logits),
-        axes=plan.axes,
-        labels=plan.labels,
-        sites=plan.variants,
-        direction=direction,
-        method="activation",
+    todo = [i for i in range(len(plan.variants)) if i not in set(idle)]
+    run_chunks(values, todo, starts, batch_size, evaluate, progress)
+    corrupted_metric = None if corrupted_logits is None else score.baseline(corrupted_logits)
+    return make_result(
+        plan,
+        values,
+        score.baseline(clean_logits),
+        corrupted_metric,
+        direction,
+        "activation",
         metric=score.describe(),
         seconds=time.perf_counter() - started,
     )

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from mechlab.capture import capture
 from mechlab.errors import SiteError
@@ -29,10 +30,10 @@ from mechlab.interventions.inputs import Direction, TokensLike, check_direction,
 from mechlab.interventions.patching import (
     DEFAULT_BATCH_SIZE,
     Progress,
-    chunk_start,
-    chunks,
     full_site,
+    make_result,
     pos_labels,
+    run_chunks,
     shared_prefix,
 )
 from mechlab.interventions.result import PatchResult
@@ -127,11 +128,7 @@ def path_patch(
     pair = (runner.logits, source.logits)
     clean_logits, corrupted_logits = pair if noise else pair[::-1]
 
-    batch = int(base_tokens.shape[0])
-    values = torch.empty(len(plan.variants), batch)
-    done = 0
-    for chunk in chunks(starts, batch, batch_size):
-        start = chunk_start(starts, chunk)
+    def evaluate(chunk: list[int], start: int | None) -> Tensor:
         frozen = [Replacement(s, runner.reference[s]) for s in _frozen(model, start or 0, last, freeze_mlps)]
         step1 = [frozen + [Replacement(s, source[full_site(s)]) for s in plan.variants[i]] for i in chunk]
         if targets is None:
@@ -144,23 +141,18 @@ def path_patch(
             ]
             logits, _ = runner.run(step2, receive_at)
         assert logits is not None
-        values[chunk] = score(logits)
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(plan.variants))
+        return score(logits)
 
-    per_prompt = values.reshape(*plan.shape, batch)
+    values = torch.empty(len(plan.variants), int(base_tokens.shape[0]))
+    run_chunks(values, range(len(plan.variants)), starts, batch_size, evaluate, progress)
     named = "logits" if targets is None else ", ".join(str(r) for r in targets)
-    return PatchResult(
-        values=per_prompt.mean(-1),
-        per_prompt=per_prompt,
-        clean=score.baseline(clean_logits),
-        corrupted=score.baseline(corrupted_logits),
-        axes=plan.axes,
-        labels=plan.labels,
-        sites=plan.variants,
-        direction=direction,
-        method="path",
+    return make_result(
+        plan,
+        values,
+        score.baseline(clean_logits),
+        score.baseline(corrupted_logits),
+        direction,
+        "path",
         metric=score.describe(),
         seconds=time.perf_counter() - started,
         context=f"senders → {named}" + (", MLPs frozen" if freeze_mlps else ""),
