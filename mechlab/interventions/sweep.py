@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TypeAlias
 
 from mechlab.errors import SiteError
-from mechlab.sites import HEAD_KINDS, KINDS, PATTERN_KINDS, Site, n_heads_for, validate
+from mechlab.sites import HEAD_KINDS, KINDS, Site, n_heads_for, validate
 from mechlab.types import HookedModel
 
 # Kinds whose replacement reaches the model's output on TransformerLens 4 bridges. Layer-norm scales
@@ -176,8 +176,3 @@ def start_layer(variant: Sequence[Site]) -> int | None:
     if any(layer is None for layer in layers):
         return None
     return min(layer for layer in layers if layer is not None)
-
-
-def reads_query_positions(kind: str) -> bool:
-    """Whether a kind's position axis is the query position of an attention pattern."""
-    return kind in PATTERN_KINDS
