@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip install --quiet --progress-bar off
 # torch is pinned to the CPU wheel (constraints.txt): an unpinned torch pulls a multi-GB CUDA build.
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: install demo test test-fast test-slow lint bench notebooks browser-deps clean
+.PHONY: install demo test test-fast test-slow lint bench notebooks circuits browser-deps clean
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ test-slow: install
 
 notebooks: install
 	$(BIN)/python -m pytest -m notebook tests/notebooks
+
+bench: install
+	$(BIN)/python bench/patching.py
+
+circuits: install
+	$(BIN)/python -m circuits.ioi --model smollm2 --out out/ioi
 
 lint: install
 	$(BIN)/ruff check mechlab tests bench circuits

@@ -11,13 +11,16 @@ protocol: hook names like ``blocks.3.attn.hook_z``, ``run_with_cache``, ``run_wi
     (1, 3, 4, 8)
 """
 
+from mechlab.capture import Activations, MemoryEstimate, capture, estimate_memory
 from mechlab.errors import (
     BundledModelMissingError,
+    CaptureStoreError,
     CorruptModelError,
     HookError,
     HubUnreachableError,
     InputError,
     MechlabError,
+    MemoryLimitError,
     ModelNotFoundError,
     OllamaModelNotFoundError,
     SiteError,
@@ -26,45 +29,90 @@ from mechlab.errors import (
     VerificationError,
 )
 from mechlab.generation import Completion, encode_prompt, generate, next_token_alternatives
+from mechlab.interventions.attribution_patching import Agreement, agreement, attribution_patch
+from mechlab.interventions.edges import EdgeScores, eap_ig
 from mechlab.interventions.hooks import active_hook_count, hooked
+from mechlab.interventions.inputs import Ablation
+from mechlab.interventions.patching import patch
+from mechlab.interventions.paths import path_patch
+from mechlab.interventions.result import PatchResult
+from mechlab.interventions.sweep import Sweep
+from mechlab.metrics import (
+    AnswerLogit,
+    AnswerLogProb,
+    AnswerProb,
+    KLFromReference,
+    LogitDiff,
+    Metric,
+    normalized_effect,
+)
 from mechlab.models.cache import cache_dir
 from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel, load_model
 from mechlab.models.toy import save_toy
 from mechlab.models.verify import VerifyReport, verify
+from mechlab.shards import CaptureDataset, CaptureProgress, RichProgress, capture_dataset, read_capture
 from mechlab.sites import Site, head_sites, layer_sites
 from mechlab.types import HookedModel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ablation",
+    "Activations",
+    "Agreement",
+    "AnswerLogProb",
+    "AnswerLogit",
+    "AnswerProb",
     "BundledModelMissingError",
+    "CaptureDataset",
+    "CaptureProgress",
+    "CaptureStoreError",
     "Completion",
     "CorruptModelError",
+    "EdgeScores",
     "HookError",
     "HookedModel",
     "HubUnreachableError",
     "InputError",
+    "KLFromReference",
     "LoadedModel",
+    "LogitDiff",
     "MechlabError",
+    "MemoryEstimate",
+    "MemoryLimitError",
+    "Metric",
     "ModelInfo",
     "ModelNotFoundError",
     "OllamaModelNotFoundError",
+    "PatchResult",
+    "RichProgress",
     "Site",
     "SiteError",
     "SourceError",
+    "Sweep",
     "UnsupportedArchitectureError",
     "VerificationError",
     "VerifyReport",
     "active_hook_count",
+    "agreement",
+    "attribution_patch",
     "cache_dir",
+    "capture",
+    "capture_dataset",
+    "eap_ig",
     "encode_prompt",
+    "estimate_memory",
     "generate",
     "head_sites",
     "hooked",
     "layer_sites",
     "load_model",
     "next_token_alternatives",
+    "normalized_effect",
+    "patch",
+    "path_patch",
+    "read_capture",
     "save_toy",
     "verify",
 ]

@@ -105,3 +105,32 @@ MSG_OLLAMA_NOT_FOUND = (
     "{available}Pull it with `ollama pull {name}:{tag}`, or point $OLLAMA_MODELS at the store that "
     "has it (the directory that contains `manifests/` and `blobs/`)."
 )
+
+
+class MemoryLimitError(MechlabError, MemoryError):
+    """Caching the requested activations would exceed the memory limit."""
+
+
+class CaptureStoreError(MechlabError, ValueError):
+    """A capture directory on disk does not match the run that tries to resume or read it."""
+
+
+MSG_MEMORY_LIMIT = (
+    "Caching {n_sites} site(s) for tokens of shape {shape} needs about {needed}, above the limit of "
+    "{limit} ({largest}).\nCache fewer sites (one head is Site('z', 3, 5), one position "
+    "Site('resid_pre', 4, pos=-1)), use fewer or shorter prompts, stream a dataset to disk with "
+    "capture_dataset(...), or pass max_bytes=None to cache it anyway."
+)
+
+MSG_LENGTH_MISMATCH = (
+    "Clean and corrupted inputs must have the same shape (patching swaps activations position by "
+    "position), got clean {clean_shape} and corrupted {corrupted_shape}.\n{alignment}\nMake the two "
+    "prompts tokenize to the same length: swap names or words for ones that are a single token "
+    "each (e.g. ' John' → ' Mark'), and check with model.to_str_tokens(prompt)."
+)
+
+MSG_CAPTURE_MISMATCH = (
+    "{out_dir} already holds a capture that differs from this run: {what}.\nTo resume, call "
+    "capture_dataset with the same model, sites, batch size and inputs; to start over, choose a new "
+    "directory or delete this one."
+)

@@ -1,0 +1,116 @@
+"""Inputs shared by every intervention: prompts as tokens, clean/corrupted pairs, ablation sources.
+
+Patching swaps activations position by position, so a clean and a corrupted input must tokenize to
+the same shape. When they do not, the error shows both tokenizations side by side from the first
+position where they part, which is almost always a name or word that splits into several tokens.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal, TypeAlias, get_args
+
+import torch
+from torch import Tensor
+
+from mechlab.errors import MSG_LENGTH_MISMATCH, InputError
+from mechlab.types import HookedModel, Tokens
+
+Direction = Literal["denoise", "noise"]
+DIRECTIONS: tuple[str, ...] = get_args(Direction)
+AblationKind = Literal["zero", "mean"]
+TokensLike: TypeAlias = Tensor | str | Sequence[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """A corrupted *source* that is not a prompt: every patched activation is replaced by zero
+    (``"zero"``) or by its mean over the clean run's prompts and positions (``"mean"``).
+
+    With an ablation, only ``direction="noise"`` makes sense (the clean run is the one patched), and
+    results have no corrupted baseline, so they report effects rather than normalized effects.
+    """
+
+    kind: AblationKind = "zero"
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(AblationKind):
+            raise ValueError(f"Ablation kind must be one of {get_args(AblationKind)}, got {self.kind!r}.")
+
+    def source(self, act: Tensor) -> Tensor:
+        """The ablated value of an activation ``[batch, pos, ...]`` (a new tensor)."""
+        if self.kind == "zero":
+            return torch.zeros_like(act)
+        return act.mean(dim=(0, 1), keepdim=True).expand_as(act).clone()
+
+
+def as_tokens(model: HookedModel, prompt: TokensLike) -> Tokens:
+    """Token ids ``[batch, pos]`` from token ids (1-D or 2-D) or text (one prompt or a list)."""
+    if isinstance(prompt, Tensor):
+        if prompt.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise InputError(f"Expected integer token ids, got a {prompt.dtype} tensor.")
+        tokens = prompt.long()
+        if tokens.ndim == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.ndim != 2:
+            raise InputError(f"Expected token ids [batch, pos] or [pos], got shape {tuple(prompt.shape)}.")
+        return tokens
+    if getattr(model, "tokenizer", None) is None:
+        raise InputError("This model has no tokenizer (toy models take token ids): pass a tensor of ids.")
+    texts = [prompt] if isinstance(prompt, str) else list(prompt)
+    rows = [model.to_tokens(text)[0] for text in texts]
+    lengths = {len(row) for row in rows}
+    if len(lengths) > 1:
+        raise InputError(
+            f"The prompts tokenize to different lengths {sorted(lengths)}; a batch needs one length. "
+            "Use prompts of the same template with single-token names, or run them separately."
+        )
+    return torch.stack(rows)
+
+
+def _pieces(model: HookedModel, row: Tensor) -> list[str]:
+    if getattr(model, "tokenizer", None) is None:
+        return [str(int(t)) for t in row]
+    return [str(piece) for piece in model.to_str_tokens(row)]  # type: ignore[attr-defined]
+
+
+def alignment_hint(model: HookedModel, clean: Tensor, corrupted: Tensor) -> str:
+    """Both first prompts' tokens side by side, from a little before where they first differ."""
+    a, b = _pieces(model, clean[0]), _pieces(model, corrupted[0])
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    start = max(0, first - 2)
+    rows = [f"  {'pos':>4}  {'clean':<16} corrupted"]
+    for i in range(start, min(max(len(a), len(b)), start + 8)):
+        left = repr(a[i]) if i < len(a) else "-"
+        right = repr(b[i]) if i < len(b) else "-"
+        mark = "  <- differs" if left != right else ""
+        rows.append(f"  {i:>4}  {left:<16} {right}{mark}")
+    return f"The tokens first differ at position {first}:\n" + "\n".join(rows)
+
+
+def check_pair(model: HookedModel, clean: TokensLike, corrupted: TokensLike) -> tuple[Tokens, Tokens]:
+    """Tokenize a clean/corrupted pair and check they have the same shape.
+
+    Raises:
+        InputError: different shapes, with an aligned view of the tokens and how to fix it.
+    """
+    clean_tokens, corrupted_tokens = as_tokens(model, clean), as_tokens(model, corrupted)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise InputError(
+            MSG_LENGTH_MISMATCH.format(
+                clean_shape=tuple(clean_tokens.shape),
+                corrupted_shape=tuple(corrupted_tokens.shape),
+                alignment=alignment_hint(model, clean_tokens, corrupted_tokens),
+            )
+        )
+    return clean_tokens, corrupted_tokens
+
+
+def check_direction(direction: str, ablation: bool) -> None:
+    """Raise ValueError for an unknown direction, or denoising from an ablation."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
+    if ablation and direction != "noise":
+        raise ValueError(
+            "An Ablation replaces clean activations, so it needs direction='noise' "
+            "(denoising would patch ablated values into an ablated run)."
+        )

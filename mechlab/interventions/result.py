@@ -1,0 +1,209 @@
+"""``PatchResult``: the outcome of a patching sweep, indexed like the sweep and able to show itself.
+
+Activation patching, path patching and attribution patching all return one. ``values`` holds the
+metric of each patched variant (averaged over prompts) on the sweep's grid (e.g. ``layer × head``);
+``clean`` and ``corrupted`` hold the unpatched baselines per prompt. The normalized effect
+``(patched - corrupted) / (clean - corrupted)`` is 1 where the patched run scores like the clean run
+and 0 where it scores like the corrupted one — for either direction. ``effect`` says how much of the
+behaviour a site carries: the normalized effect when denoising, ``1 - normalized`` when noising.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from mechlab.errors import InputError
+from mechlab.metrics import normalized_effect
+from mechlab.render import figures, html
+from mechlab.sites import Site
+
+
+class Entry(NamedTuple):
+    """One cell of a result: its sites, patched metric, and effect."""
+
+    sites: tuple[Site, ...]
+    label: str
+    value: float
+    effect: float
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PatchResult:
+    """Patched metric values on a grid, with baselines.
+
+    Attributes:
+        values: patched metric, mean over prompts, shape ``shape`` (axes ``axes``).
+        per_prompt: the same per prompt, ``[*shape, batch]``.
+        clean: the clean run's metric per prompt ``[batch]``.
+        corrupted: the corrupted run's metric per prompt, or ``None`` for an ablation.
+        axes: axis names, e.g. ``("layer", "head")``; ``("site",)`` for a list of sites.
+        labels: tick labels per axis.
+        sites: the sites of each cell, in row-major order of the grid.
+        direction: ``"denoise"`` (corrupted run, clean activations patched in) or ``"noise"``.
+        method: ``"activation"``, ``"path"`` or ``"attribution"`` (a linear estimate).
+        metric: a description of the metric.
+        seconds: wall time of the computation.
+        context: what else defines the result (e.g. the receivers of path patching).
+    """
+
+    values: Tensor
+    per_prompt: Tensor
+    clean: Tensor
+    corrupted: Tensor | None
+    axes: tuple[str, ...]
+    labels: tuple[tuple[str, ...], ...]
+    sites: tuple[tuple[Site, ...], ...]
+    direction: str
+    method: str
+    metric: str
+    seconds: float
+    context: str = ""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    @property
+    def baseline(self) -> float:
+        """Mean metric of the unpatched run that was patched (corrupted when denoising)."""
+        run = self.corrupted if self.direction == "denoise" else self.clean
+        assert run is not None
+        return float(run.mean())
+
+    @property
+    def clean_mean(self) -> float:
+        return float(self.clean.mean())
+
+    @property
+    def corrupted_mean(self) -> float | None:
+        return None if self.corrupted is None else float(self.corrupted.mean())
+
+    @property
+    def normalized(self) -> Tensor:
+        """``(patched - corrupted) / (clean - corrupted)`` of the prompt means."""
+        if self.corrupted is None:
+            raise InputError(
+                "This result comes from an ablation, which has no corrupted run to normalize by; "
+                "use .values or .delta (patched - clean) instead."
+            )
+        return normalized_effect(self.values, self.clean_mean, float(self.corrupted.mean()))
+
+    @property
+    def delta(self) -> Tensor:
+        """``patched - baseline``: how much patching moved the metric of the patched run."""
+        return self.values - self.baseline
+
+    @property
+    def effect(self) -> Tensor:
+        """How much of the behaviour each cell carries (normalized; ``-delta`` for ablations)."""
+        if self.corrupted is None:
+            return -self.delta
+        return self.normalized if self.direction == "denoise" else 1 - self.normalized
+
+    def label(self, flat_index: int) -> str:
+        return " + ".join(str(s) for s in self.sites[flat_index])
+
+    def top(self, k: int = 10) -> list[Entry]:
+        """The ``k`` cells with the largest ``|effect|``, largest first."""
+        effect = self.effect.flatten()
+        order = torch.argsort(effect.abs(), descending=True)[:k]
+        values = self.values.flatten()
+        return [
+            Entry(self.sites[i], self.label(i), float(values[i]), float(effect[i])) for i in order.tolist()
+        ]
+
+    def __getitem__(self, site: Site | str) -> float:
+        """The patched metric of the cell whose (single) site is ``site``."""
+        wanted = Site.parse(site) if isinstance(site, str) else site
+        for i, sites in enumerate(self.sites):
+            if sites == (wanted,):
+                return float(self.values.flatten()[i])
+        raise KeyError(f"{wanted} is not a cell of this result (axes {self.axes}).")
+
+    def _grid2d(self, values: Tensor) -> tuple[Tensor, Sequence[str], Sequence[str], str, str]:
+        if values.ndim == 1:
+            return values.unsqueeze(0), self.labels[0], [""], self.axes[0], ""
+        if values.ndim == 2:
+            return values, self.labels[1], self.labels[0], self.axes[1], self.axes[0]
+        rows = [f"{a}.{b}" for a in self.labels[0] for b in self.labels[1]]
+        flat = values.reshape(-1, values.shape[-1])
+        return flat, self.labels[2], rows, self.axes[2], f"{self.axes[0]}.{self.axes[1]}"
+
+    def plot(self, *, normalized: bool = True, title: str | None = None) -> Figure:
+        """A heatmap of the (normalized) patched metric over the grid."""
+        use_norm = normalized and self.corrupted is not None
+        data = self.normalized if use_norm else self.values
+        grid, xt, yt, xlabel, ylabel = self._grid2d(data)
+        what = "normalized effect" if use_norm else self.metric
+        return figures.heatmap(
+            grid,
+            title=title or f"{self.method} patching ({self.direction}): {what}",
+            xlabel=xlabel,
+            ylabel=ylabel,
+            xticklabels=xt,
+            yticklabels=yt,
+            colorbar_label=what,
+            annotate=grid.numel() <= 120,
+        )
+
+    def summary(self) -> str:
+        corrupted = "-" if self.corrupted_mean is None else f"{self.corrupted_mean:.4f}"
+        context = f" [{self.context}]" if self.context else ""
+        return (
+            f"{self.method} patching ({self.direction}){context} over {'×'.join(self.axes)} "
+            f"{self.shape}: {self.metric}; clean {self.clean_mean:.4f}, corrupted {corrupted}; "
+            f"{self.seconds:.1f} s"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [(e.label, f"{e.value:.4f}", f"{e.effect:.3f}") for e in self.top(10)]
+        return (
+            f"<div class='mechlab-patch'><p>{html.escape(self.summary())}</p>"
+            + html.image(figures.png_data_uri(self.plot()), "patching heatmap")
+            + html.table(["site", "patched metric", "effect"], rows, caption="top 10 by |effect|")
+            + "</div>"
+        )
+
+    def __repr__(self) -> str:
+        return f"PatchResult({self.summary()})"
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per cell: grid coordinates, sites, value, normalized effect (if defined), effect."""
+        norm = None if self.corrupted is None else self.normalized.flatten().tolist()
+        effect = self.effect.flatten().tolist()
+        out = []
+        for i, value in enumerate(self.values.flatten().tolist()):
+            coords = torch.unravel_index(torch.tensor(i), self.shape)
+            row: dict[str, Any] = {a: self.labels[k][int(coords[k])] for k, a in enumerate(self.axes)}
+            row.update(site=self.label(i), value=value, effect=effect[i])
+            if norm is not None:
+                row["normalized"] = norm[i]
+            out.append(row)
+        return out
+
+    def to_dataframe(self) -> Any:
+        """A pandas DataFrame of ``records()`` (needs pandas: ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as error:  # pragma: no cover - pandas ships with transformer-lens
+            raise ImportError("to_dataframe needs pandas: pip install pandas") from error
+        return pd.DataFrame(self.records())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: baselines, axes, and every cell."""
+        return {
+            "method": self.method,
+            "direction": self.direction,
+            "metric": self.metric,
+            "context": self.context,
+            "clean": self.clean_mean,
+            "corrupted": self.corrupted_mean,
+            "axes": list(self.axes),
+            "shape": list(self.shape),
+            "seconds": self.seconds,
+            "cells": self.records(),
+        }

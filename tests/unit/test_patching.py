@@ -1,0 +1,180 @@
+"""Activation patching on tiny seeded models: invariants, TransformerLens equivalence, errors."""
+
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+import mechlab
+from mechlab import Ablation, InputError, LogitDiff, Site, SiteError, Sweep
+from mechlab.interventions import runner as runner_module
+from mechlab.interventions.patching import patch
+
+
+@pytest.fixture
+def pair() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 50, (2, 8), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, 5] = (clean[:, 5] + 7) % 50
+    return clean, corrupted
+
+
+METRIC = LogitDiff(3, 11)
+
+
+def test_clean_into_clean_is_a_no_op(tiny, pair) -> None:
+    clean, _ = pair
+    result = patch(tiny.model, clean, clean, "z", METRIC)
+    assert torch.allclose(result.values, result.clean.mean().expand_as(result.values), atol=1e-5)
+    with pytest.raises(InputError, match="score the same"):
+        result.normalized  # noqa: B018
+
+
+@pytest.mark.parametrize("kind", ["resid_pre", "resid_mid", "resid_post"])
+def test_patching_the_whole_residual_stream_restores_the_clean_run(tiny, pair, kind) -> None:
+    clean, corrupted = pair
+    for direction in ("denoise", "noise"):
+        result = patch(tiny.model, clean, corrupted, kind, METRIC, direction=direction)
+        expected = 1.0 if direction == "denoise" else 0.0
+        torch.testing.assert_close(result.normalized, torch.full((2,), expected), atol=1e-4, rtol=0)
+
+
+def test_resid_pre_at_the_differing_position_recovers_clean_exactly(tiny, pair) -> None:
+    clean, corrupted = pair
+    result = patch(
+        tiny.model, clean, corrupted, [Site("resid_pre", 0, pos=5), Site("resid_pre", 0, pos=4)], METRIC
+    )
+    torch.testing.assert_close(result.per_prompt[0], result.clean, atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.per_prompt[1], result.corrupted, atol=1e-5, rtol=0)
+
+
+def _tl_metric(tokens_metric):
+    return lambda logits: tokens_metric(logits).mean()
+
+
+@pytest.mark.parametrize(
+    ("kind", "tl_fn"),
+    [
+        ("z", tl_patching.get_act_patch_attn_head_out_all_pos),
+        ("q", tl_patching.get_act_patch_attn_head_q_all_pos),
+        ("k", tl_patching.get_act_patch_attn_head_k_all_pos),
+        ("v", tl_patching.get_act_patch_attn_head_v_all_pos),
+        ("pattern", tl_patching.get_act_patch_attn_head_pattern_all_pos),
+        ("attn_out", tl_patching.get_act_patch_attn_out),
+        ("mlp_out", tl_patching.get_act_patch_mlp_out),
+        ("resid_pre", tl_patching.get_act_patch_resid_pre),
+    ],
+)
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_gqa"])
+def test_matches_transformer_lens_patching(request, pair, kind, tl_fn, fixture) -> None:
+    model = request.getfixturevalue(fixture).model
+    clean, corrupted = pair
+    per_position = kind in ("attn_out", "mlp_out", "resid_pre")
+    ours = patch(model, clean, corrupted, Sweep(kind, per_position=per_position), METRIC, batch_size=6)
+    _, cache = model.run_with_cache(clean, names_filter=[Site(kind, layer).hook_name for layer in range(2)])
+    theirs = tl_fn(model, corrupted, cache, _tl_metric(METRIC))
+    torch.testing.assert_close(ours.values, theirs, atol=1e-5, rtol=0)
+
+
+def test_gqa_key_value_sweeps_have_key_value_heads(tiny_gqa, pair) -> None:
+    clean, corrupted = pair
+    assert patch(tiny_gqa.model, clean, corrupted, "k", METRIC).shape == (2, 2)
+    assert patch(tiny_gqa.model, clean, corrupted, "q", METRIC).shape == (2, 4)
+
+
+def test_every_strategy_gives_the_same_numbers(tiny, pair, monkeypatch) -> None:
+    clean, corrupted = pair
+    sweep = Sweep("z", per_position=True)
+    reference = patch(tiny.model, clean, corrupted, sweep, METRIC)
+    monkeypatch.setattr(runner_module.Runner, "_choose_mode", lambda self, prefix, layers: "full")
+    full = patch(tiny.model, clean, corrupted, sweep, METRIC)
+    torch.testing.assert_close(reference.values, full.values, atol=1e-5, rtol=0)
+
+
+def test_groups_of_sites_are_patched_together(tiny, pair) -> None:
+    clean, corrupted = pair
+    every_head = [Site("z", 1, h) for h in range(4)]
+    together = patch(tiny.model, clean, corrupted, [every_head], METRIC)
+    layer = patch(tiny.model, clean, corrupted, [Site("z", 1)], METRIC)
+    torch.testing.assert_close(together.values, layer.values, atol=1e-6, rtol=0)
+
+
+def test_user_callable_metric_scalar_or_per_prompt(tiny, pair) -> None:
+    clean, corrupted = pair
+    per_prompt = patch(tiny.model, clean, corrupted, "attn_out", lambda logits: METRIC(logits))
+    scalar = patch(tiny.model, clean, corrupted, "attn_out", lambda logits: METRIC(logits).mean())
+    builtin = patch(tiny.model, clean, corrupted, "attn_out", METRIC)
+    torch.testing.assert_close(per_prompt.per_prompt, builtin.per_prompt, atol=1e-5, rtol=0)
+    torch.testing.assert_close(scalar.values, builtin.values, atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="one number per prompt"):
+        patch(tiny.model, clean, corrupted, "attn_out", lambda logits: logits[:, -1])
+
+
+def test_zero_ablation_of_a_layer_matches_hooks(tiny, pair) -> None:
+    clean, _ = pair
+    result = patch(tiny.model, clean, Ablation("zero"), [Site("attn_out", 1)], METRIC, direction="noise")
+    with mechlab.hooked(tiny.model, {Site("attn_out", 1): lambda act, site: torch.zeros_like(act)}):
+        expected = METRIC(tiny.model(clean)).mean()
+    assert result.values.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert result.corrupted is None
+    with pytest.raises(InputError, match="no corrupted run"):
+        result.normalized  # noqa: B018
+    with pytest.raises(ValueError, match="direction='noise'"):
+        patch(tiny.model, clean, Ablation("mean"), "z", METRIC)
+
+
+def test_length_mismatch_error_shows_tokens(tiny) -> None:
+    clean, corrupted = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 2, 9, 9, 4]])
+    with pytest.raises(
+        InputError, match=r"(?s)same shape.*first differ at position 2.*<- differs.*single token"
+    ):
+        patch(tiny.model, clean, corrupted, "z", METRIC)
+
+
+def test_bad_sites_are_refused(tiny, pair) -> None:
+    clean, corrupted = pair
+    with pytest.raises(SiteError, match="Cannot patch ln1_scale"):
+        patch(tiny.model, clean, corrupted, [Site("ln1_scale", 0)], METRIC)
+    with pytest.raises(SiteError, match="2 layers"):
+        patch(tiny.model, clean, corrupted, [Site("z", 5, 0)], METRIC)
+    with pytest.raises(SiteError, match="position 9"):
+        patch(tiny.model, clean, corrupted, [Site("resid_pre", 0, pos=9)], METRIC)
+    with pytest.raises(SiteError, match="Cannot sweep"):
+        Sweep("attn_scores")
+
+
+def test_hooks_are_removed_when_the_metric_raises(tiny, pair) -> None:
+    clean, corrupted = pair
+
+    def broken(logits: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("metric failed")
+
+    with pytest.raises(RuntimeError, match="metric failed"):
+        patch(tiny.model, clean, corrupted, "z", broken)
+    assert mechlab.active_hook_count(tiny.model) == 0
+
+
+def test_hooks_are_removed_after_an_exception_inside_a_hook(tiny, pair) -> None:
+    _clean, corrupted = pair
+    bad = runner_module.Replacement(Site("z", 1, 0), torch.zeros(3, 3))
+    runner = runner_module.Runner(tiny.model, corrupted, positions=[-1], resume_layers=[1])
+    with pytest.raises(mechlab.HookError, match=r"z\.1"):
+        runner.run([[bad]], 1)
+    assert mechlab.active_hook_count(tiny.model) == 0
+
+
+def test_result_views(tiny, pair) -> None:
+    import json
+
+    clean, corrupted = pair
+    result = patch(tiny.model, clean, corrupted, Sweep("z", per_position=True), METRIC)
+    assert result.shape == (2, 4, 8) and result.axes == ("layer", "head", "pos")
+    top = result.top(3)
+    assert len(top) == 3 and abs(top[0].effect) >= abs(top[1].effect) >= abs(top[2].effect)
+    assert result[top[0].label] == pytest.approx(top[0].value)
+    frame = result.to_dataframe()
+    assert list(frame.columns[:3]) == ["layer", "head", "pos"] and len(frame) == 64
+    assert json.loads(json.dumps(result.to_dict()))["shape"] == [2, 4, 8]
+    page = result._repr_html_()
+    assert "<img" in page and "<table" in page and "data:image/png;base64," in page
+    assert result.plot().axes[0].get_title().startswith("activation patching")
