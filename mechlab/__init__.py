@@ -44,6 +44,8 @@ from mechlab.metrics import (
     KLFromReference,
     LogitDiff,
     Metric,
+    PositionMetric,
+    answer_ids,
     normalized_effect,
 )
 from mechlab.models.cache import cache_dir
@@ -52,7 +54,7 @@ from mechlab.models.load import LoadedModel, load_model
 from mechlab.models.toy import save_toy
 from mechlab.models.verify import VerifyReport, verify
 from mechlab.shards import CaptureDataset, CaptureProgress, RichProgress, capture_dataset, read_capture
-from mechlab.sites import Site, head_sites, layer_sites
+from mechlab.sites import Site, head_sites, kv_head, layer_sites
 from mechlab.types import HookedModel
 
 __version__ = "0.1.0"
@@ -86,6 +88,7 @@ __all__ = [
     "ModelNotFoundError",
     "OllamaModelNotFoundError",
     "PatchResult",
+    "PositionMetric",
     "RichProgress",
     "Site",
     "SiteError",
@@ -96,6 +99,7 @@ __all__ = [
     "VerifyReport",
     "active_hook_count",
     "agreement",
+    "answer_ids",
     "attribution_patch",
     "cache_dir",
     "capture",
@@ -106,6 +110,7 @@ __all__ = [
     "generate",
     "head_sites",
     "hooked",
+    "kv_head",
     "layer_sites",
     "load_model",
     "next_token_alternatives",
