@@ -53,7 +53,8 @@ from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel, load_model
 from mechlab.models.toy import save_toy
 from mechlab.models.verify import VerifyReport, verify
-from mechlab.shards import CaptureDataset, CaptureProgress, RichProgress, capture_dataset, read_capture
+from mechlab.progress import ProgressState, RichProgress, SweepProgress
+from mechlab.shards import CaptureDataset, CaptureProgress, capture_dataset, read_capture
 from mechlab.sites import Site, head_sites, kv_head, layer_sites
 from mechlab.types import HookedModel
 
@@ -89,11 +90,13 @@ __all__ = [
     "OllamaModelNotFoundError",
     "PatchResult",
     "PositionMetric",
+    "ProgressState",
     "RichProgress",
     "Site",
     "SiteError",
     "SourceError",
     "Sweep",
+    "SweepProgress",
     "UnsupportedArchitectureError",
     "VerificationError",
     "VerifyReport",
