@@ -72,7 +72,8 @@ def main() -> None:
     ratio = t_ours / t_tl
     print("\n== Activation patching, all 270 head outputs (hook_z, all positions) ==")
     print(f"transformer_lens.patching   {t_tl:7.2f} s")
-    print(f"mechlab.patch               {t_ours:7.2f} s  (runs: {t_before:.2f} s, {t_after:.2f} s)")
+    runs = f"runs: {t_before:.2f} s, {t_after:.2f} s; {ours.mode} mode"
+    print(f"mechlab.patch               {t_ours:7.2f} s  ({runs})")
     print(f"ratio mechlab / TL          {ratio:7.3f}   target ≤ 0.25: {'met' if ratio <= 0.25 else 'MISSED'}")
     agrees = "met" if max_diff <= 1e-4 else "MISSED"
     print(f"max |Δ| vs TL               {max_diff:.2e}  target ≤ 1e-4: {agrees}")

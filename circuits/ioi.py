@@ -8,10 +8,12 @@ output, *S-inhibition* heads steer their queries away from S, earlier *duplicate
 
 This script repeats the discovery on any model mechlab loads:
 
-1. A dataset from the template and word lists below. The corrupted prompt replaces the second S by
-   a third name C ("ABC" corruption), which removes the repetition the circuit keys on. Only prompts
-   whose names and words are single tokens (so clean and corrupted align position by position)
-   are kept. The mean logit difference logit(IO) − logit(S) is reported for every template.
+1. A dataset from the templates and word lists below. The corrupted prompt fills the second
+   subject slot ``{S2}`` with a third name C instead of S ("ABC" corruption), which removes the
+   repetition the circuit keys on. Only single-token names and words are used, and only pairs whose
+   clean and corrupted prompts align position by position are kept (the script says when fewer
+   than asked for remain). The mean logit difference logit(IO) − logit(S) is reported for every
+   template.
 2. Residual-stream patching by layer × position (denoising): where the IO/S information lives.
 3. Activation patching of every head's output (denoising).
 4. Path patching (noising, Wang et al.) from every head to the logits at END: direct effects,
@@ -37,12 +39,13 @@ from matplotlib.figure import Figure
 
 import mechlab
 
+# {S2} is the second mention of the subject: S in the clean prompt, a third name in the corrupted one.
 TEMPLATES = [
-    "When {IO} and {S} went to the {place}, {S} gave a {object} to",
-    "When {S} and {IO} went to the {place}, {S} gave a {object} to",
-    "After {IO} and {S} went to the {place}, {S} gave a {object} to",
-    "Then, {IO} and {S} had a long day at the {place}. {S} gave a {object} to",
-    "While {IO} and {S} were working at the {place}, {S} gave a {object} to",
+    "When {IO} and {S} went to the {place}, {S2} gave a {object} to",
+    "When {S} and {IO} went to the {place}, {S2} gave a {object} to",
+    "After {IO} and {S} went to the {place}, {S2} gave a {object} to",
+    "Then, {IO} and {S} had a long day at the {place}. {S2} gave a {object} to",
+    "While {IO} and {S} were working at the {place}, {S2} gave a {object} to",
 ]
 NAMES = [
     "Mary", "John", "Tom", "James", "David", "Sarah", "Michael", "Anna", "Paul", "Lisa", "Mark",
@@ -59,18 +62,22 @@ def single_token(model: Any, word: str) -> bool:
 
 
 def make_dataset(model: Any, template: str, n: int, seed: int) -> dict[str, Any]:
-    """``n`` clean/corrupted prompt pairs of one template, all of one token length."""
+    """Up to ``n`` clean/corrupted prompt pairs of one template, all of one token length.
+
+    Raises:
+        mechlab.InputError: no pair could be made (too few single-token names, or a template whose
+            clean and corrupted prompts never align).
+    """
     rng = random.Random(seed)
     names = [w for w in NAMES if single_token(model, w)]
     places = [w for w in PLACES if single_token(model, w)]
     objects = [w for w in OBJECTS if single_token(model, w)]
     pairs: list[tuple[str, str, str, str]] = []
     length = None
-    for _ in range(50 * n):
+    for _ in range(50 * n if len(names) >= 3 and places and objects else 0):
         io, s, c = rng.sample(names, 3)
-        fill = {"place": rng.choice(places), "object": rng.choice(objects), "IO": io}
-        clean = template.format(S=s, **fill)
-        corrupted = clean[::-1].replace(s[::-1], c[::-1], 1)[::-1]  # the second S becomes C
+        fill = {"place": rng.choice(places), "object": rng.choice(objects), "IO": io, "S": s}
+        clean, corrupted = template.format(S2=s, **fill), template.format(S2=c, **fill)
         tokens = (model.to_tokens(clean), model.to_tokens(corrupted))
         if tokens[0].shape != tokens[1].shape or (length is not None and tokens[0].shape[1] != length):
             continue
@@ -78,6 +85,13 @@ def make_dataset(model: Any, template: str, n: int, seed: int) -> dict[str, Any]
         pairs.append((clean, corrupted, io, s))
         if len(pairs) == n:
             break
+    if not pairs:
+        raise mechlab.InputError(
+            f"No IOI prompt pairs for template {template!r}: {len(names)} of {len(NAMES)} names, "
+            f"{len(places)} places and {len(objects)} objects are single tokens for this model, and "
+            "a pair needs 3 names and clean/corrupted prompts of one length. Add single-token words "
+            "to NAMES/PLACES/OBJECTS."
+        )
     clean_tokens = torch.cat([model.to_tokens(p[0]) for p in pairs])
     return {
         "template": template,
@@ -195,22 +209,19 @@ def assign_roles(sweeps: dict[str, mechlab.PatchResult]) -> dict[str, dict[str, 
             if not info["roles"] or not role.startswith("other"):
                 info["roles"].append(role)
     for name, info in found.items():
-        layer, head = (int(x) for x in name.split("."))
+        site = mechlab.Site("z", *(int(x) for x in name.split(".")))
         for sweep, result in sweeps.items():
-            if result.axes == ("layer", "head") and layer < result.shape[0]:
-                info[sweep] = round(float(result.effect[layer, head]), 4)
+            try:
+                info[sweep] = round(result.entry(site).effect, 4)
+            except KeyError:  # the sweep did not cover this head
+                continue
     return found
 
 
-def kv_head(model: Any, site: mechlab.Site) -> int:
-    """The key/value head a query head reads (grouped-query attention shares them)."""
-    group = model.cfg.n_heads // (getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
-    return int(site.head or 0) // group
-
-
-def below(sites: list[mechlab.Site]) -> mechlab.Sweep:
-    """Every head in the layers before the first of ``sites``."""
-    return mechlab.Sweep("z", layers=tuple(range(min(int(s.layer or 0) for s in sites))))
+def below(sites: list[mechlab.Site]) -> mechlab.Sweep | None:
+    """Every head in the layers before the first of ``sites`` (``None`` if that is layer 0)."""
+    first = min(int(s.layer or 0) for s in sites)
+    return mechlab.Sweep("z", layers=range(first)) if first > 0 else None
 
 
 def discover(model: Any, data: dict[str, Any], out: Path) -> dict[str, mechlab.PatchResult]:
@@ -236,14 +247,19 @@ def discover(model: Any, data: dict[str, Any], out: Path) -> dict[str, mechlab.P
     if not movers:
         return sweeps
     queries = [mechlab.Site("q", m.layer, m.head, pos=where["END"]) for m in movers]
+    senders = below(movers)
+    if senders is None:
+        return sweeps
     inhibitors = step(
-        "path_to_mover_queries", mechlab.path_patch(model, clean, corrupted, below(movers), queries, metric)
+        "path_to_mover_queries", mechlab.path_patch(model, clean, corrupted, senders, queries, metric)
     )
-    if inhibitors:
-        values = list(
-            dict.fromkeys(mechlab.Site("v", s.layer, kv_head(model, s), pos=where["S2"]) for s in inhibitors)
-        )
-        result = mechlab.path_patch(model, clean, corrupted, below(inhibitors), values, metric)
+    senders = below(inhibitors) if inhibitors else None
+    if senders is not None:
+        values = [
+            mechlab.Site("v", s.layer, mechlab.kv_head(model.cfg, int(s.head or 0)), pos=where["S2"])
+            for s in inhibitors
+        ]
+        result = mechlab.path_patch(model, clean, corrupted, senders, list(dict.fromkeys(values)), metric)
         step("path_to_s_inhibition_values", result)
     return sweeps
 
@@ -268,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{diffs}: {row['template']}")
     data = make_dataset(model, TEMPLATES[0], args.prompts, args.seed)
     n, length = data["clean"].shape
-    print(f"Analysing {n} prompts of {length} tokens; positions {positions(data)}")
+    fewer = f" (of {args.prompts} asked for: no more aligned pairs)" if n < args.prompts else ""
+    print(f"Analysing {n} prompts{fewer} of {length} tokens; positions {positions(data)}")
     sweeps = discover(model, data, args.out)
     found = assign_roles(sweeps)
     sites = [mechlab.Site("z", *map(int, name.split("."))) for name in found]
@@ -283,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "model": args.model,
         "dataset": {k: data[k] for k in ("template", "prompts", "corrupted_prompts")},
+        "prompts_requested": args.prompts,
         "positions": positions(data),
         "templates": baselines,
         "clean_logit_diff": heads.clean_mean,

@@ -44,6 +44,8 @@ from mechlab.metrics import (
     KLFromReference,
     LogitDiff,
     Metric,
+    PositionMetric,
+    answer_ids,
     normalized_effect,
 )
 from mechlab.models.cache import cache_dir
@@ -51,8 +53,9 @@ from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel, load_model
 from mechlab.models.toy import save_toy
 from mechlab.models.verify import VerifyReport, verify
-from mechlab.shards import CaptureDataset, CaptureProgress, RichProgress, capture_dataset, read_capture
-from mechlab.sites import Site, head_sites, layer_sites
+from mechlab.progress import ProgressState, RichProgress, SweepProgress
+from mechlab.shards import CaptureDataset, CaptureProgress, capture_dataset, read_capture
+from mechlab.sites import Site, head_sites, kv_head, layer_sites
 from mechlab.types import HookedModel
 
 __version__ = "0.1.0"
@@ -86,16 +89,20 @@ __all__ = [
     "ModelNotFoundError",
     "OllamaModelNotFoundError",
     "PatchResult",
+    "PositionMetric",
+    "ProgressState",
     "RichProgress",
     "Site",
     "SiteError",
     "SourceError",
     "Sweep",
+    "SweepProgress",
     "UnsupportedArchitectureError",
     "VerificationError",
     "VerifyReport",
     "active_hook_count",
     "agreement",
+    "answer_ids",
     "attribution_patch",
     "cache_dir",
     "capture",
@@ -106,6 +113,7 @@ __all__ = [
     "generate",
     "head_sites",
     "hooked",
+    "kv_head",
     "layer_sites",
     "load_model",
     "next_token_alternatives",

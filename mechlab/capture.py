@@ -3,7 +3,9 @@
 ``run_with_cache`` without a filter keeps every hook of every layer — for SmolLM2 on one 64-token
 prompt that is ~40 hook points × 30 layers. ``capture(model, tokens, sites)`` keeps exactly the
 requested sites, sliced to their head and position when the Site names one, after checking with
-``estimate_memory`` that they fit under a limit (``max_bytes``; ``None`` lifts it).
+``estimate_memory`` that they (and the logits, which for a 49k-token vocabulary often outweigh them)
+fit under a limit (``max_bytes``; ``None`` lifts it). Look-ups accept negative layers and positions:
+``acts["resid_post.-1@-1"]``.
 
 For datasets too large for memory, ``capture_dataset`` (``mechlab.shards``) streams batches to
 safetensors shards on disk.
@@ -24,14 +26,16 @@ import torch
 from torch import Tensor
 
 from mechlab.errors import MSG_MEMORY_LIMIT, MemoryLimitError, SiteError
-from mechlab.interventions.hooks import hooked
+from mechlab.interventions.hooks import hooked, recorder
 from mechlab.sites import (
     GLOBAL_KINDS,
+    HEAD_KINDS,
     KINDS,
-    KV_KINDS,
     PATTERN_KINDS,
     Site,
+    fit_site,
     layer_sites,
+    lookup_key,
     n_heads_for,
     validate,
 )
@@ -59,10 +63,8 @@ def _width(cfg: Any, kind: str, n_pos: int) -> int:
     """Elements per (prompt, position) of a kind's full hooked tensor."""
     if kind in PATTERN_KINDS:
         return int(cfg.n_heads) * n_pos
-    if kind in ("z", "q"):
-        return int(cfg.n_heads * cfg.d_head)
-    if kind in KV_KINDS:
-        return int((getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head)
+    if kind in HEAD_KINDS:
+        return n_heads_for(cfg, kind) * int(cfg.d_head)
     if kind in ("mlp_pre", "mlp_post"):
         return int(cfg.d_mlp)
     if kind.endswith("scale"):
@@ -95,55 +97,78 @@ def _human(n_bytes: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes ``capture`` would hold for each site, and their total."""
+    """Bytes ``capture`` would hold for each site and for the logits, and their total."""
 
     per_site: Mapping[Site, int]
     shape: tuple[int, int]
+    logits: int = 0
 
     @property
     def total(self) -> int:
-        return sum(self.per_site.values())
+        return sum(self.per_site.values()) + self.logits
 
     def largest(self) -> tuple[Site, int]:
         return max(self.per_site.items(), key=lambda item: item[1])
 
     def __str__(self) -> str:
         site, size = self.largest()
-        return f"{_human(self.total)} for {len(self.per_site)} site(s) (largest: {site} {_human(size)})"
+        logits = f", logits {_human(self.logits)}" if self.logits else ""
+        return (
+            f"{_human(self.total)} for {len(self.per_site)} site(s) (largest: {site} {_human(size)}{logits})"
+        )
 
 
-def estimate_memory(model: HookedModel, tokens: Tokens, sites: SitesSpec) -> MemoryEstimate:
+def estimate_memory(
+    model: HookedModel, tokens: Tokens, sites: SitesSpec, *, logits: bool = True
+) -> MemoryEstimate:
     """How many bytes caching ``sites`` for ``tokens`` takes, computed from shapes (no forward).
 
     Args:
         model: the model (its config gives widths and dtype).
         tokens: token ids ``[batch, pos]``.
         sites: as for ``capture``.
+        logits: count the logits ``[batch, pos, d_vocab]`` too (``capture`` keeps them by default).
     """
     batch, n_pos = int(tokens.shape[0]), int(tokens.shape[-1])
     itemsize = _itemsize(model)
     per_site = {s: site_numel(model.cfg, s, batch, n_pos) * itemsize for s in resolve_sites(model, sites)}
-    return MemoryEstimate(per_site, (batch, n_pos))
+    logit_bytes = batch * n_pos * int(model.cfg.d_vocab) * itemsize if logits else 0
+    return MemoryEstimate(per_site, (batch, n_pos), logit_bytes)
 
 
 class Activations(Mapping[Site, Tensor]):
     """Captured activations by Site (also by site string), plus the run's logits.
 
-    ``acts[Site("z", 3, 5)]`` is ``[batch, pos, d_head]``; ``acts.to_cache(model)`` gives a
-    TransformerLens ``ActivationCache`` of the full (unsliced) sites, keyed by hook name.
+    ``acts[Site("z", 3, 5)]`` is ``[batch, pos, d_head]``; negative layers and positions count from
+    the end (``acts["resid_post.-1@-1"]``). ``acts.to_cache(model)`` gives a TransformerLens
+    ``ActivationCache`` of the full (unsliced) sites, keyed by hook name.
     """
 
-    def __init__(self, values: dict[Site, Tensor], logits: Logits | None, tokens: Tokens) -> None:
+    def __init__(
+        self, values: dict[Site, Tensor], logits: Logits | None, tokens: Tokens, n_layers: int | None = None
+    ) -> None:
         self._values = values
         self.logits = logits
         self.tokens = tokens
+        self.n_layers = n_layers
+
+    def _key(self, key: Site | str) -> Site:
+        return lookup_key(key, self.n_layers, int(self.tokens.shape[-1]))
 
     def __getitem__(self, key: Site | str) -> Tensor:
-        site = Site.parse(key) if isinstance(key, str) else key
+        site = self._key(key)
         if site not in self._values:
             held = ", ".join(str(s) for s in self._values)
             raise KeyError(f"{site} was not captured; captured sites: {held}.")
         return self._values[site]
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, Site | str):
+            return False
+        try:
+            return self._key(key) in self._values
+        except SiteError:  # not a site at all (e.g. a bare kind such as "resid_pre")
+            return False
 
     def __iter__(self) -> Iterator[Site]:
         return iter(self._values)
@@ -153,7 +178,9 @@ class Activations(Mapping[Site, Tensor]):
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._values.values())
+        """Bytes held by the activations and the logits."""
+        held = [*self._values.values(), *([] if self.logits is None else [self.logits])]
+        return sum(t.numel() * t.element_size() for t in held)
 
     def to_cache(self, model: HookedModel) -> Any:
         """A TransformerLens ``ActivationCache`` of the sites captured without head/pos slicing."""
@@ -185,14 +212,12 @@ def capture(
         logits: keep the logits too.
 
     Returns:
-        ``Activations``: detached copies, so later runs never change them.
+        ``Activations``: detached copies, so later runs never change them; keyed by the sites with
+        non-negative layers and positions.
     """
-    wanted = resolve_sites(model, sites)
     n_pos = int(tokens.shape[-1])
-    for site in wanted:
-        if site.pos is not None and not -n_pos <= site.pos < n_pos:
-            raise SiteError(f"Site {site} names position {site.pos}, but the tokens have {n_pos} positions.")
-    estimate = estimate_memory(model, tokens, wanted)
+    wanted = list(dict.fromkeys(fit_site(site, n_pos) for site in resolve_sites(model, sites)))
+    estimate = estimate_memory(model, tokens, wanted, logits=logits)
     if max_bytes is not None and estimate.total > max_bytes:
         site, size = estimate.largest()
         raise MemoryLimitError(
@@ -201,14 +226,13 @@ def capture(
                 shape=tuple(tokens.shape),
                 needed=_human(estimate.total),
                 limit=_human(max_bytes),
-                largest=f"largest: {site} {_human(size)}",
+                largest=f"largest: {site} {_human(size)}"
+                + (f"; logits {_human(estimate.logits)}" if estimate.logits else ""),
             )
         )
     values: dict[Site, Tensor] = {}
-
-    def keep(act: Tensor, site: Site) -> None:
-        values[site] = act[site.index(act)].detach().clone()
-
+    keep = recorder(values, sliced=True)
     with torch.no_grad(), hooked(model, [(site, keep) for site in wanted]):
         out = model(tokens)
-    return Activations({site: values[site] for site in wanted}, out.detach() if logits else None, tokens)
+    kept = {site: values[site] for site in wanted}
+    return Activations(kept, out.detach() if logits else None, tokens, int(model.cfg.n_layers))

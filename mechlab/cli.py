@@ -144,17 +144,6 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     return 0 if report.passed else 1
 
 
-def _answer_id(model: Any, text: str, flag: str) -> int:
-    try:
-        return int(model.to_single_token(text))
-    except (AssertionError, ValueError, KeyError) as error:
-        pieces = model.to_str_tokens(text)
-        raise mechlab.InputError(
-            f"{flag} {text!r} is not one token for this model (it splits into {pieces}). Pass a single "
-            "token, usually with its leading space, e.g. --answer ' Mary'."
-        ) from error
-
-
 def _sites_arg(values: Sequence[str], per_position: bool) -> Any:
     """One kind → a sweep of it; otherwise a list of sites (``z.23.3``, ``resid_pre.10@-1``)."""
     if len(values) == 1 and "." not in values[0] and "@" not in values[0]:
@@ -169,29 +158,19 @@ def _sites_arg(values: Sequence[str], per_position: bool) -> Any:
 @command("patch")
 def cmd_patch(args: argparse.Namespace, console: Console) -> int:
     from rich.markup import escape
-    from rich.progress import Progress
 
     loaded = load(args, console)
     model = loaded.model
-    metric = mechlab.LogitDiff(
-        _answer_id(model, args.answer, "--answer"), _answer_id(model, args.wrong, "--wrong")
-    )
+    metric = mechlab.LogitDiff.from_text(model, args.answer, args.wrong)
     sites = _sites_arg(args.sites, args.per_position)
     if args.method == "attribution":
         result = mechlab.attribution_patch(
             model, args.clean, args.corrupted, sites, metric, direction=args.direction
         )
     else:
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("Patching", total=None)
+        with mechlab.RichProgress("Patching", transient=True, console=console) as bar:
             result = mechlab.patch(
-                model,
-                args.clean,
-                args.corrupted,
-                sites,
-                metric,
-                direction=args.direction,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                model, args.clean, args.corrupted, sites, metric, direction=args.direction, progress=bar
             )
     if args.json:
         console.print_json(json.dumps(result.to_dict()))

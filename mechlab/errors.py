@@ -118,8 +118,9 @@ class CaptureStoreError(MechlabError, ValueError):
 MSG_MEMORY_LIMIT = (
     "Caching {n_sites} site(s) for tokens of shape {shape} needs about {needed}, above the limit of "
     "{limit} ({largest}).\nCache fewer sites (one head is Site('z', 3, 5), one position "
-    "Site('resid_pre', 4, pos=-1)), use fewer or shorter prompts, stream a dataset to disk with "
-    "capture_dataset(...), or pass max_bytes=None to cache it anyway."
+    "Site('resid_pre', 4, pos=-1)), pass logits=False if you do not need the logits, use fewer or "
+    "shorter prompts, stream a dataset to disk with capture_dataset(...), or pass max_bytes=None to "
+    "cache it anyway."
 )
 
 MSG_LENGTH_MISMATCH = (
@@ -133,4 +134,25 @@ MSG_CAPTURE_MISMATCH = (
     "{out_dir} already holds a capture that differs from this run: {what}.\nTo resume, call "
     "capture_dataset with the same model, sites, batch size and inputs; to start over, choose a new "
     "directory or delete this one."
+)
+
+MSG_DISCONNECTED = (
+    "The metric does not depend on the activation at {site} ({hook}): this model does not feed that "
+    "hook's value back into the forward pass, so there is no gradient to attribute. Use activation "
+    "patching (mechlab.patch) for this site, or choose another site kind."
+)
+
+MSG_NOT_DIFFERENTIABLE = (
+    "The metric's value has no gradient with respect to the activations at {sites}: the metric is not "
+    "differentiable (argmax, comparisons, .detach()) or does not use the logits. Gradient methods "
+    "(attribution_patch, eap_ig) need a differentiable metric such as LogitDiff; use mechlab.patch "
+    "for any other metric."
+)
+
+MSG_PATH_SENDER = (
+    "Path patching cannot send from {site}: {reason} Senders must be component outputs: {allowed}."
+)
+
+MSG_PATH_RECEIVER = (
+    "Path patching cannot receive at {site}: {reason} Receivers must be inputs of components: {allowed}."
 )

@@ -6,6 +6,11 @@ metric of the model's output. A metric maps logits ``[*variants, batch, pos, d_v
 of a batch in one call. Answers broadcast against ``batch``: one token id for every prompt, or one
 per prompt.
 
+The built-in metrics read the logits at one position ``pos`` (``PositionMetric``): a sweep then
+computes the unembedding at that position alone. Answers can be given as text with
+``LogitDiff.from_text(model, " Mary", " John")`` or ``answer_ids(model, " Paris")``, which check that
+each answer is a single token.
+
 The normalized effect of an intervention is ``(patched - corrupted) / (clean - corrupted)``: 1 means
 the patched run behaves like the clean run, 0 like the corrupted one.
 
@@ -14,7 +19,7 @@ None of these functions modifies its inputs.
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -31,6 +36,61 @@ class Metric(Protocol):
     """Anything callable as ``metric(logits) -> scores`` (one number per prompt)."""
 
     def __call__(self, logits: AnyLogits) -> Scores: ...
+
+
+@runtime_checkable
+class PositionMetric(Protocol):
+    """A metric that reads the logits at one position ``pos`` only.
+
+    ``narrowed()`` is the same metric on logits already cut to that position (``[..., 1, d_vocab]``),
+    which lets a sweep unembed one position instead of all; ``describe()`` names it in results.
+    """
+
+    pos: int
+
+    def __call__(self, logits: AnyLogits) -> Scores: ...
+
+    def narrowed(self) -> "PositionMetric": ...
+
+    def describe(self) -> str: ...
+
+
+def answer_ids(model: Any, answers: str | Sequence[str]) -> int | Int[Tensor, " batch"]:
+    """Token ids of answers given as text: one id for a string, a tensor of ids for a list.
+
+    Keep the leading space a word has in running text (``" Mary"``, not ``"Mary"``).
+
+    Raises:
+        InputError: the model has no tokenizer, or an answer is not exactly one token (the error
+            shows how it splits).
+    """
+    if getattr(model, "tokenizer", None) is None:
+        raise InputError(
+            "This model has no tokenizer (toy models take token ids): pass answer token ids, "
+            "e.g. LogitDiff(7, 9)."
+        )
+    if isinstance(answers, str):
+        return _single_token(model, answers)
+    return torch.tensor([_single_token(model, text) for text in answers])
+
+
+def _single_token(model: Any, text: str) -> int:
+    ids = model.to_tokens(text, prepend_bos=False).flatten()
+    if ids.numel() != 1:
+        pieces = [model.to_string(i) for i in ids.tolist()]
+        raise InputError(
+            f"{text!r} is not one token for this model (it splits into {pieces}); a metric compares "
+            "the logits of single tokens. Use a word that is one token, usually with its leading "
+            "space (e.g. ' Mary'), or pass token ids."
+        )
+    return int(ids[0])
+
+
+def _show(answer: AnswerIds) -> str:
+    value = answer.tolist() if isinstance(answer, Tensor) else answer
+    if isinstance(value, list | tuple) and len(value) > 3:
+        return "per prompt"
+    return str(value)
 
 
 def _ids(answer: AnswerIds, logits: Tensor) -> Tensor:
@@ -64,6 +124,20 @@ class LogitDiff:
         last = _at(logits, self.pos)
         return _pick(last, _ids(self.answer, logits)) - _pick(last, _ids(self.wrong, logits))
 
+    @classmethod
+    def from_text(
+        cls, model: Any, answer: str | Sequence[str], wrong: str | Sequence[str], pos: int = -1
+    ) -> "LogitDiff":
+        """``LogitDiff`` from answers as text (one string, or one per prompt), e.g.
+        ``LogitDiff.from_text(model, " Mary", " John")``; each must be a single token."""
+        return cls(answer_ids(model, answer), answer_ids(model, wrong), pos)
+
+    def narrowed(self) -> "LogitDiff":
+        return dataclasses.replace(self, pos=0)
+
+    def describe(self) -> str:
+        return f"logit diff ({_show(self.answer)} − {_show(self.wrong)}) at pos {self.pos}"
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class AnswerLogit:
@@ -74,6 +148,12 @@ class AnswerLogit:
 
     def __call__(self, logits: AnyLogits) -> Scores:
         return _pick(_at(logits, self.pos), _ids(self.answer, logits))
+
+    def narrowed(self) -> "AnswerLogit":
+        return dataclasses.replace(self, pos=0)
+
+    def describe(self) -> str:
+        return f"AnswerLogit({_show(self.answer)}) at pos {self.pos}"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -87,6 +167,12 @@ class AnswerLogProb:
         logprobs = torch.log_softmax(_at(logits, self.pos).float(), dim=-1)
         return _pick(logprobs, _ids(self.answer, logits))
 
+    def narrowed(self) -> "AnswerLogProb":
+        return dataclasses.replace(self, pos=0)
+
+    def describe(self) -> str:
+        return f"AnswerLogProb({_show(self.answer)}) at pos {self.pos}"
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class AnswerProb:
@@ -97,6 +183,12 @@ class AnswerProb:
 
     def __call__(self, logits: AnyLogits) -> Scores:
         return AnswerLogProb(self.answer, self.pos)(logits).exp()
+
+    def narrowed(self) -> "AnswerProb":
+        return dataclasses.replace(self, pos=0)
+
+    def describe(self) -> str:
+        return f"AnswerProb({_show(self.answer)}) at pos {self.pos}"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -113,6 +205,12 @@ class KLFromReference:
         ref = torch.log_softmax(_at(self.reference, self.pos).float(), dim=-1)
         out = torch.log_softmax(_at(logits, self.pos).float(), dim=-1)
         return (ref.exp() * (ref - out)).sum(-1)
+
+    def narrowed(self) -> "KLFromReference":
+        return dataclasses.replace(self, reference=self.reference[:, [self.pos]], pos=0)
+
+    def describe(self) -> str:
+        return f"KL from reference at pos {self.pos}"
 
 
 def normalized_effect(

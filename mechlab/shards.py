@@ -11,23 +11,27 @@ resumes: it skips the recorded batches (checking that the inputs still hash the 
 any shard left behind by the interruption, and continues. No batch is written twice or lost.
 
 Prompts of different lengths are right-padded within a batch (``lengths`` says where each ends);
-in a causal model padding on the right does not change the activations of the real positions.
+in a causal model padding on the right does not change the activations of the real positions. A
+site with a position is read at that position of each prompt (``resid_post.20@-1`` is every
+prompt's own last token, not the padding).
 """
 
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
+from jaxtyping import Shaped
 from torch import Tensor
 
 from mechlab.capture import SitesSpec, capture, resolve_sites
 from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, InputError
+from mechlab.progress import Progress
 from mechlab.render.html import atomic_write
+from mechlab.sites import PATTERN_KINDS, Site, fit_pos
 from mechlab.types import HookedModel
 
 FORMAT = "mechlab-capture/1"
@@ -44,8 +48,14 @@ class CaptureProgress:
     total_batches: int | None
     resumed_batches: int
 
+    @property
+    def done(self) -> int:
+        """Batches written so far (the ``ProgressState`` protocol)."""
+        return self.batches
 
-Progress = Callable[[CaptureProgress], None]
+    @property
+    def total(self) -> int | None:
+        return self.total_batches
 
 
 def _fingerprint(model: HookedModel) -> str:
@@ -126,19 +136,34 @@ class CaptureDataset:
         for shard in self.manifest["shards"]:
             yield load_file(str(self.directory / shard["file"]))
 
-    def stack(self, site: str) -> Tensor:
-        """All rows of one site in one tensor, right-padded with zeros to the longest prompt."""
+    def stack(self, site: str) -> Shaped[Tensor, "rows ..."]:
+        """All rows of one site (or ``tokens``/``lengths``) in one tensor, right-padded with zeros to
+        the longest prompt along every position axis (query and key positions of patterns)."""
         parts = [shard[str(site)] for shard in self.shards()]
         if not parts:
             raise CaptureStoreError(f"{self.directory} holds no shards yet.")
-        width = max(p.shape[1] for p in parts) if parts[0].ndim > 1 else 0
-        padded = [torch.nn.functional.pad(p, _pad_spec(p, width)) for p in parts] if width else parts
-        return torch.cat(padded)
+        sizes = {axis: max(int(p.shape[axis]) for p in parts) for axis in _position_axes(str(site))}
+        return torch.cat([_pad_to(p, sizes) for p in parts])
 
 
-def _pad_spec(part: Tensor, width: int) -> list[int]:
-    spec = [0, 0] * (part.ndim - 2) + [0, width - part.shape[1]]
-    return spec
+def _position_axes(name: str) -> list[int]:
+    """The position axes of a stored tensor: ``tokens`` [rows, pos], ``lengths`` none, a site's
+    (query and key) position axes after its head/position slicing."""
+    if name in ("tokens", "lengths"):
+        return [1] if name == "tokens" else []
+    site = Site.parse(name)
+    full = [2, 3] if site.kind in PATTERN_KINDS else [1]
+    removed = [site.pos_axis] if site.pos is not None else []
+    if site.head is not None and site.head_axis is not None:
+        removed.append(site.head_axis)
+    return [a - sum(r < a for r in removed) for a in full if a not in removed]
+
+
+def _pad_to(part: Tensor, sizes: dict[int, int]) -> Tensor:
+    spec: list[int] = []
+    for axis in reversed(range(part.ndim)):
+        spec += [0, sizes[axis] - int(part.shape[axis]) if axis in sizes else 0]
+    return torch.nn.functional.pad(part, spec)
 
 
 def read_capture(out_dir: str | Path) -> CaptureDataset:
@@ -186,7 +211,8 @@ def capture_dataset(
         batch_size: prompts per forward pass and per shard.
         dtype: store activations in this dtype (e.g. ``torch.float16``); default: as computed.
         pad_id: token id used to right-pad shorter prompts.
-        progress: called with a ``CaptureProgress`` after every batch (e.g. ``RichProgress()``).
+        progress: called with a ``CaptureProgress`` (``done``/``total`` batches) after every batch,
+            e.g. ``mechlab.RichProgress()``.
 
     Returns:
         The finished ``CaptureDataset``.
@@ -235,43 +261,32 @@ def _write_shard(
     index: int,
     tokens: Tensor,
     lengths: Tensor,
-    sites: Sequence[Any],
+    sites: Sequence[Site],
     dtype: torch.dtype | None,
     digest: str,
 ) -> dict[str, Any]:
     from safetensors.torch import save
 
-    acts = capture(model, tokens, sites, max_bytes=None, logits=False)
+    needed = list(dict.fromkeys(site.whole if site.pos is not None else site for site in sites))
+    acts = capture(model, tokens, needed, max_bytes=None, logits=False)
     tensors = {"tokens": tokens, "lengths": lengths}
     for site in sites:
-        value = acts[site]
-        tensors[str(site)] = (value if dtype is None else value.to(dtype)).contiguous()
+        value = acts[site] if site.pos is None else _per_prompt(acts[site.whole], site, lengths, index)
+        tensors[str(site)] = (value if dtype is None else value.to(dtype)).cpu().contiguous()
     name = f"shard-{index:06d}.safetensors"
     atomic_write(directory / name, save(tensors))
     return {"file": name, "index": index, "rows": int(tokens.shape[0]), "tokens_sha256": digest}
 
 
+def _per_prompt(whole: Tensor, site: Site, lengths: Tensor, batch_index: int) -> Tensor:
+    """``site``'s slice of a right-padded batch, its position resolved against each prompt's length."""
+    rows = []
+    for i, (row, length) in enumerate(zip(whole.split(1), lengths.tolist(), strict=True)):
+        what = f"Site {site} (prompt {i} of batch {batch_index}, {length} tokens)"
+        pos = fit_pos(int(site.pos or 0), int(length), what, InputError)
+        rows.append(row[site.with_(pos=pos).index(row)])
+    return torch.cat(rows)
+
+
 def _save(directory: Path, manifest: dict[str, Any]) -> None:
     atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1))
-
-
-class RichProgress:
-    """A rich progress bar for ``capture_dataset(progress=...)``; use as a context manager."""
-
-    def __init__(self, description: str = "Capturing") -> None:
-        from rich.progress import Progress as Bar
-
-        self._bar = Bar(transient=False)
-        self._task = self._bar.add_task(description, total=None)
-
-    def __enter__(self) -> "RichProgress":
-        self._bar.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self._bar.stop()
-
-    def __call__(self, state: CaptureProgress) -> None:
-        self._bar.update(self._task, completed=state.batches, total=state.total_batches)

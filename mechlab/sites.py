@@ -127,6 +127,11 @@ class Site:
         """Axis of the (query) position dimension in the hooked tensor."""
         return 2 if self.kind in PATTERN_KINDS else 1
 
+    @property
+    def whole(self) -> "Site":
+        """The site of the whole hooked tensor this site slices (``head`` and ``pos`` dropped)."""
+        return self.with_(head=None, pos=None)
+
     def with_(self, **changes: Any) -> "Site":
         """A copy with some fields replaced, e.g. ``site.with_(pos=3)``."""
         return dataclasses.replace(self, **changes)
@@ -173,6 +178,47 @@ def n_heads_for(cfg: Any, kind: str) -> int:
     if kind in KV_KINDS:
         return int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
     return int(cfg.n_heads)
+
+
+def kv_head(cfg: Any, head: int) -> int:
+    """The key/value head query head ``head`` reads (grouped-query attention shares each among
+    ``n_heads / n_key_value_heads`` query heads; without it, the same index)."""
+    return head // (int(cfg.n_heads) // n_heads_for(cfg, "k"))
+
+
+def fit_pos(pos: int, n_pos: int, what: str, error: type[Exception] = SiteError) -> int:
+    """``pos`` as an index ``0..n_pos-1`` (negative positions count from the end).
+
+    Raises:
+        SiteError (or ``error``): ``pos`` does not exist in prompts of ``n_pos`` tokens; ``what``
+        names what asked for it.
+    """
+    if not -n_pos <= pos < n_pos:
+        raise error(
+            f"{what} names position {pos}, but the prompts have {n_pos} tokens (valid: 0..{n_pos - 1}, "
+            "or negative from the end)."
+        )
+    return pos % n_pos
+
+
+def fit_site(site: Site, n_pos: int) -> Site:
+    """``site`` with its position resolved against prompts of ``n_pos`` tokens (SiteError if none)."""
+    return site if site.pos is None else site.with_(pos=fit_pos(site.pos, n_pos, f"Site {site}"))
+
+
+def lookup_key(key: "Site | str", n_layers: int | None, n_pos: int | None) -> Site:
+    """The stored form of a lookup key: parsed, with negative layer/position counted from the end.
+
+    Results and captures store sites with non-negative layers and positions; this lets
+    ``acts["resid_pre.-1@-1"]`` find ``resid_pre.{n_layers-1}@{n_pos-1}``.
+    """
+    site = Site.parse(key) if isinstance(key, str) else key
+    changes: dict[str, int] = {}
+    if site.layer is not None and n_layers and -n_layers <= site.layer < 0:
+        changes["layer"] = site.layer + n_layers
+    if site.pos is not None and n_pos and -n_pos <= site.pos < 0:
+        changes["pos"] = site.pos + n_pos
+    return site.with_(**changes) if changes else site
 
 
 def validate(site: Site, model: Any) -> Site:

@@ -49,6 +49,31 @@ def attn_only() -> mechlab.LoadedModel:
     return mechlab.load_model("toy:attn-only-2l")
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> mechlab.LoadedModel:
+    """A seeded 2-layer Llama (4 heads, 2 key/value heads, vocab 50) loaded from a Hugging Face
+    directory. Unlike the TransformerLens-native toys, its blocks keep a key/value cache, so
+    patching can run in "prefix" mode on it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        initializer_range=0.1,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(directory)
+    return mechlab.load_model(str(directory))
+
+
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))

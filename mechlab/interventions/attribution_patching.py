@@ -15,8 +15,8 @@ activation patching, per component kind.
 ``attribution_patch`` returns a ``PatchResult`` on the same grid as ``patch`` with
 ``method="attribution"``, so every view (``top``, ``plot``, ``to_dataframe``) works the same.
 On a single prompt with an ``Ablation`` baseline it ranks heads for "why this token and not the
-runner-up": ``attribution_patch(model, prompt, Ablation("mean"), "z", LogitDiff(chosen, runner_up),
-direction="noise")``.
+runner-up": ``attribution_patch(model, prompt, Ablation("mean"), "z", LogitDiff(chosen, runner_up))``
+(an ablation implies ``direction="noise"``).
 """
 
 import dataclasses
@@ -28,16 +28,12 @@ import torch
 from torch import Tensor
 
 from mechlab.capture import capture
-from mechlab.interventions.hooks import hooked
-from mechlab.interventions.inputs import (
-    Ablation,
-    Direction,
-    TokensLike,
-)
-from mechlab.interventions.patching import full_site, make_result, pos_labels, split_pair
+from mechlab.errors import InputError
+from mechlab.interventions.hooks import differentiable, gradients
+from mechlab.interventions.inputs import Ablation, Direction, TokensLike, pos_labels, split_pair
 from mechlab.interventions.result import PatchResult
 from mechlab.interventions.scoring import MetricLike, Scorer, scorer
-from mechlab.interventions.sweep import SitesLike, resolve
+from mechlab.interventions.sweep import SitesLike, resolve, whole_sites
 from mechlab.render import html
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens
@@ -56,27 +52,16 @@ def forward_backward(
 
     Returns:
         the metric per prompt ``[batch]``, activations and gradients by (full) site.
+
+    Raises:
+        SiteError: the metric does not depend on a site's hooked activation.
     """
-    acts: dict[Site, Tensor] = {}
     grad_sites = list(dict.fromkeys(grad_site(s) for s in sites))
-
-    def keep(act: Tensor, site: Site) -> Tensor:
-        if not act.requires_grad:
-            act = act.detach().requires_grad_(True)
-        acts[site] = act
-        return act
-
-    with torch.enable_grad(), hooked(model, [(s, keep) for s in dict.fromkeys([*sites, *grad_sites])]):
-        logits = model(tokens)
-        value = score.baseline(logits)
-        inputs = [acts[s] for s in grad_sites]
-        grads = torch.autograd.grad(value.sum(), inputs, allow_unused=True)
-    grad_by_site = {
-        s: torch.zeros_like(acts[s]) if g is None else g.detach()
-        for s, g in zip(grad_sites, grads, strict=True)
-    }
+    with differentiable(model, [*sites, *grad_sites]) as acts:
+        value = score.baseline(model(tokens))
+        grads = gradients(value, acts, grad_sites)
     values = {s: acts[s].detach() for s in sites}
-    return value.detach(), values, {s: grad_by_site[grad_site(s)] for s in sites}
+    return value.detach(), values, {s: grads[grad_site(s)] for s in sites}
 
 
 def attribution_patch(
@@ -86,29 +71,29 @@ def attribution_patch(
     sites: SitesLike,
     metric: MetricLike,
     *,
-    direction: Direction = "denoise",
+    direction: Direction | None = None,
 ) -> PatchResult:
     """Estimate ``patch(...)`` for every site from 2 forward passes and 1 backward pass.
 
     Args:
         model: a HookedTransformer-protocol model.
         clean, corrupted, sites, metric, direction: as for ``mechlab.patch``; ``corrupted`` may be
-            an ``Ablation`` (with ``direction="noise"``).
+            an ``Ablation`` (the direction is then ``"noise"``).
 
     Returns:
         A ``PatchResult`` (``method="attribution"``) whose values are the estimated patched metric.
     """
     started = time.perf_counter()
-    clean_tokens, corrupted_tokens, ablation = split_pair(model, clean, corrupted, direction)
+    clean_tokens, corrupted_tokens, ablation, direction = split_pair(model, clean, corrupted, direction)
     plan = resolve(model, sites, pos_labels(model, clean_tokens[0]))
     score = scorer(metric, int(clean_tokens.shape[1]))
-    hook_sites = list(dict.fromkeys(full_site(s) for variant in plan.variants for s in variant))
+    hook_sites = whole_sites(plan)
 
     denoise = direction == "denoise"
     target_tokens = corrupted_tokens if denoise and corrupted_tokens is not None else clean_tokens
     target_metric, target, grads = forward_backward(model, target_tokens, hook_sites, score)
     if ablation is not None:
-        sources = {s: ablation.source(target[s]) for s in hook_sites}
+        sources = {s: ablation.source(target[s], s.pos_axis) for s in hook_sites}
         clean_metric, corrupted_metric = target_metric, None
     else:
         source_tokens = clean_tokens if denoise else corrupted_tokens
@@ -123,17 +108,17 @@ def attribution_patch(
     products = {s: grads[s] * (sources[s] - target[s]) for s in hook_sites}
     estimates = torch.stack(
         [
-            target_metric + sum(_contribution(products[full_site(s)], s) for s in variant)
+            target_metric + sum(_contribution(products[s.whole], s) for s in variant)
             for variant in plan.variants
         ]
     )
-    return make_result(
+    return PatchResult.from_plan(
         plan,
         estimates,
         clean_metric,
         corrupted_metric,
-        direction,
-        "attribution",
+        direction=direction,
+        method="attribution",
         metric=score.describe(),
         seconds=time.perf_counter() - started,
     )
@@ -171,12 +156,27 @@ class Agreement:
         return {kind: {"n": n, "r": r} for kind, n, r in self.rows}
 
 
-def _cells(results: PatchResult | Sequence[PatchResult]) -> dict[tuple[Site, ...], float]:
+def _results(results: PatchResult | Sequence[PatchResult]) -> list[PatchResult]:
+    return [results] if isinstance(results, PatchResult) else list(results)
+
+
+def _cells(results: list[PatchResult]) -> dict[tuple[Site, ...], float]:
     out: dict[tuple[Site, ...], float] = {}
-    for result in [results] if isinstance(results, PatchResult) else results:
+    for result in results:
         for sites, value in zip(result.sites, result.delta.flatten().tolist(), strict=True):
             out[sites] = value
     return out
+
+
+def _check_comparable(results: list[PatchResult]) -> None:
+    """Raise InputError unless every result patched in one direction with one metric."""
+    settings = sorted({(r.direction, r.metric) for r in results})
+    if len(settings) > 1:
+        found = "; ".join(f"direction={d!r}, metric {m}" for d, m in settings)
+        raise InputError(
+            f"agreement compares results of one direction and one metric, got: {found}. Run the "
+            "estimate and the reference with the same direction= and metric."
+        )
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
@@ -196,8 +196,14 @@ def agreement(
 
     Cells are matched by their sites; only cells present in both are compared. Each result's
     ``delta`` (patched minus unpatched metric) is correlated.
+
+    Raises:
+        InputError: the results used different directions or metrics.
+        ValueError: they share no cells.
     """
-    left, right = _cells(estimate), _cells(reference)
+    estimates, references = _results(estimate), _results(reference)
+    _check_comparable([*estimates, *references])
+    left, right = _cells(estimates), _cells(references)
     common = [sites for sites in left if sites in right]
     by_kind: dict[str, list[tuple[Site, ...]]] = {}
     for sites in common:

@@ -26,10 +26,11 @@ from typing import Any
 
 import einops
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from mechlab.capture import capture
-from mechlab.interventions.hooks import hooked
+from mechlab.interventions.hooks import differentiable, gradients
 from mechlab.interventions.inputs import Direction, TokensLike, check_direction, check_pair
 from mechlab.interventions.scoring import MetricLike, Scorer, scorer
 from mechlab.render import html
@@ -47,7 +48,7 @@ class EdgeScores:
 
     senders: tuple[str, ...]
     receivers: tuple[str, ...]
-    scores: Tensor
+    scores: Float[Tensor, "sender receiver"]
     clean: float
     corrupted: float
     steps: int
@@ -126,7 +127,7 @@ class _Graph:
             out += [(f"m{layer}", layer, True)] if self.mlps else []
         return [*out, ("logits", self.n_layers, False)]
 
-    def mask(self) -> Tensor:
+    def mask(self, device: torch.device | str = "cpu") -> Tensor:
         """True where ``sender → receiver`` is an edge."""
         senders, receivers = self.senders(), self.receivers()
         mask = torch.zeros(len(senders), len(receivers), dtype=torch.bool)
@@ -134,7 +135,7 @@ class _Graph:
             for j, (_, r_layer, is_mlp) in enumerate(receivers):
                 same_layer_head_to_mlp = is_mlp and name.startswith("a") and not self.parallel
                 mask[i, j] = s_layer < r_layer or (s_layer == r_layer and same_layer_head_to_mlp)
-        return mask
+        return mask.to(device)
 
 
 def _graph(model: HookedModel) -> _Graph:
@@ -147,10 +148,11 @@ def _graph(model: HookedModel) -> _Graph:
 def _sender_deltas(model: Any, graph: _Graph, source: Any, target: Any) -> Tensor:
     """``out_u(source) − out_u(target)`` for every sender: ``[sender, batch, pos, d_model]``."""
     parts = [(source[Site("embed")] - target[Site("embed")]).unsqueeze(0)]
+    w_out = model.W_O  # a bridge stacks every layer's weights on each access: read them once
     for layer in range(graph.n_layers):
         dz = source[Site("z", layer)] - target[Site("z", layer)]
         heads = einops.einsum(
-            dz, model.W_O[layer], "batch pos head d_head, head d_head d_model -> head batch pos d_model"
+            dz, w_out[layer], "batch pos head d_head, head d_head d_model -> head batch pos d_model"
         )
         parts.append(heads)
         if graph.mlps:
@@ -160,7 +162,7 @@ def _sender_deltas(model: Any, graph: _Graph, source: Any, target: Any) -> Tenso
 
 def _per_head(grad: Tensor, n: int) -> Tensor:
     """``[n, *grad.shape]``: copy ``h`` keeps only head ``h`` of ``grad`` (head axis 2)."""
-    out = torch.zeros(n, *grad.shape, dtype=grad.dtype)
+    out = grad.new_zeros(n, *grad.shape)
     for h in range(n):
         out[h, :, :, h] = grad[:, :, h]
     return out
@@ -177,30 +179,16 @@ def _receiver_grads(
 ) -> Tensor:
     """Mean over ``alphas`` of each receiver's input gradient: ``[receiver, batch, pos, d_model]``."""
     batch, steps = int(tokens.shape[0]), len(alphas)
-    acts: dict[Site, Tensor] = {}
     path = (start + alphas.view(-1, 1, 1, 1) * (end - start)).reshape(steps * batch, *start.shape[1:])
-
-    def keep(act: Tensor, site: Site) -> Tensor:
-        if site.kind == "embed":
-            act = path.detach().requires_grad_(True)
-        acts[site] = act
-        return act
-
     last = graph.n_layers - 1
     kinds = ["resid_pre", "q", "k", "v", *(["resid_mid", "mlp_out"] if graph.mlps else [])]
     sites = [Site("embed"), *(Site(k, layer) for layer in range(graph.n_layers) for k in kinds)]
     sites.append(Site("resid_post", last))
-    with torch.enable_grad(), hooked(model, [(s, keep) for s in sites]):
-        value = score.baseline(model(tokens.repeat(steps, 1)))
-        outs = [Site(k, layer) for layer in range(graph.n_layers) for k in kinds[1:] if k != "resid_mid"]
-        outs.append(Site("resid_post", last))
-        grads = dict(
-            zip(
-                outs,
-                torch.autograd.grad(value.sum(), [acts[s] for s in outs], retain_graph=True),
-                strict=True,
-            )
-        )
+    outs = [Site(k, layer) for layer in range(graph.n_layers) for k in kinds[1:] if k != "resid_mid"]
+    outs.append(Site("resid_post", last))
+    with differentiable(model, sites, replace=[(Site("embed"), lambda act, site: path)]) as acts:
+        value = score.stacked(model(tokens.repeat(steps, 1)), steps)
+        grads = gradients(value, acts, outs, retain_graph=True)
 
         def mean_over_steps(grad: Tensor) -> Tensor:
             return grad.detach().reshape(steps, batch, *grad.shape[1:]).mean(0)
@@ -246,7 +234,7 @@ def eap_ig(
         ``EdgeScores`` with scores averaged over prompts.
     """
     started = time.perf_counter()
-    check_direction(direction, False)
+    direction = check_direction(direction, False)
     if steps < 0:
         raise ValueError(f"steps must be ≥ 0 (0 = plain EAP), got {steps}.")
     clean_tokens, corrupted_tokens = check_pair(model, clean, corrupted)
@@ -259,11 +247,10 @@ def eap_ig(
     clean_run = capture(model, clean_tokens, needed, max_bytes=None)
     corrupted_run = capture(model, corrupted_tokens, needed, max_bytes=None)
     source, target = (clean_run, corrupted_run) if direction == "denoise" else (corrupted_run, clean_run)
+    start, end = target[Site("embed")], source[Site("embed")]
     alphas = torch.zeros(1) if steps == 0 else (torch.arange(steps) + 0.5) / steps
     target_tokens = corrupted_tokens if direction == "denoise" else clean_tokens
-    grads = _receiver_grads(
-        model, graph, target_tokens, target[Site("embed")], source[Site("embed")], alphas, score
-    )
+    grads = _receiver_grads(model, graph, target_tokens, start, end, alphas.to(start), score)
     deltas = _sender_deltas(model, graph, source, target)
     batch = int(clean_tokens.shape[0])
     scores = (
@@ -272,14 +259,14 @@ def eap_ig(
         )
         / batch
     )
-    scores = scores.masked_fill(~graph.mask(), float("nan"))
+    scores = scores.masked_fill(~graph.mask(scores.device), float("nan"))
     assert clean_run.logits is not None and corrupted_run.logits is not None
     return EdgeScores(
         senders=tuple(name for name, _ in graph.senders()),
         receivers=tuple(name for name, _, _ in graph.receivers()),
-        scores=scores.detach(),
-        clean=float(score.baseline(clean_run.logits).mean()),
-        corrupted=float(score.baseline(corrupted_run.logits).mean()),
+        scores=scores.detach().cpu(),
+        clean=float(score.baseline(clean_run.logits).mean().detach()),
+        corrupted=float(score.baseline(corrupted_run.logits).mean().detach()),
         steps=steps,
         direction=direction,
         metric=score.describe(),

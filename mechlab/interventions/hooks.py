@@ -4,15 +4,27 @@
 forward (or backward) pass; on exit — normal or by exception — every hook it added is removed.
 Hook functions take ``(activation, site)`` and return a replacement tensor or ``None``. An exception
 inside a hook function is re-raised as ``HookError`` naming the site, with the original as cause.
+
+Two building blocks record activations: ``recorder(into)`` stores what a forward pass computes, and
+``differentiable(model, sites)`` makes each activation something ``gradients(value, acts, sites)``
+can differentiate to (attribution patching and EAP-IG both use it).
 """
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
+import torch
 from torch import Tensor
 
-from mechlab.errors import HookError, MechlabError
+from mechlab.errors import (
+    MSG_DISCONNECTED,
+    MSG_NOT_DIFFERENTIABLE,
+    HookError,
+    InputError,
+    MechlabError,
+    SiteError,
+)
 from mechlab.sites import Site, validate
 from mechlab.types import HookedModel
 
@@ -70,3 +82,71 @@ def active_hook_count(model: Any) -> int:
     """Number of hooks currently attached to the model's hook points (0 when nothing is hooked)."""
     points = {id(hp): hp for hp in model.hook_dict.values()}  # aliases map to one HookPoint
     return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points.values())
+
+
+def recorder(into: dict[Site, Tensor], *, sliced: bool = False, copy: bool = True) -> SiteHook:
+    """A hook that stores each activation it sees in ``into[site]`` and changes nothing.
+
+    Args:
+        into: where to store, keyed by the hooked site.
+        sliced: keep only the site's head/position slice (``site.index``).
+        copy: store a detached copy (safe after the forward pass); ``False`` stores the tensor
+            itself, for use by another hook in the same pass.
+    """
+
+    def record(act: Tensor, site: Site) -> None:
+        value = act[site.index(act)] if sliced else act
+        into[site] = value.detach().clone() if copy else value
+
+    return record
+
+
+def _leaf(into: dict[Site, Tensor]) -> SiteHook:
+    def make_leaf(act: Tensor, site: Site) -> Tensor:
+        value = act if act.requires_grad else act.detach().requires_grad_(True)
+        into[site] = value
+        return value
+
+    return make_leaf
+
+
+@contextmanager
+def differentiable(
+    model: HookedModel, sites: Sequence[Site], *, replace: HookSpec = ()
+) -> Iterator[dict[Site, Tensor]]:
+    """Within the block, forward passes record the activation at each of ``sites`` as a tensor that
+    requires grad (a new leaf where it needed none), so ``gradients`` can be taken to it.
+
+    Args:
+        model: the model.
+        sites: where to record (whole hooked tensors).
+        replace: hooks that run first at their sites (e.g. to substitute an input embedding).
+
+    Yields:
+        ``{site: activation}``, filled by each forward pass inside the block (grad mode is on).
+    """
+    acts: dict[Site, Tensor] = {}
+    hooks = [*_items(replace), *((site, _leaf(acts)) for site in dict.fromkeys(sites))]
+    with torch.enable_grad(), hooked(model, hooks):
+        yield acts
+
+
+def gradients(
+    value: Tensor, acts: Mapping[Site, Tensor], sites: Sequence[Site], *, retain_graph: bool = False
+) -> dict[Site, Tensor]:
+    """``∂ value.sum() / ∂ acts[site]`` for each site.
+
+    Raises:
+        InputError: the value depends on none of the activations (a metric that is not
+            differentiable, or that ignores the logits).
+        SiteError: the value does not depend on a site's activation (its hook is not fed back into
+            the model), so no gradient exists there.
+    """
+    if not value.requires_grad:
+        raise InputError(MSG_NOT_DIFFERENTIABLE.format(sites=", ".join(str(s) for s in sites)))
+    inputs = [acts[site] for site in sites]
+    grads = torch.autograd.grad(value.sum(), inputs, allow_unused=True, retain_graph=retain_graph)
+    for site, grad in zip(sites, grads, strict=True):
+        if grad is None:
+            raise SiteError(MSG_DISCONNECTED.format(site=site, hook=site.hook_name))
+    return {site: grad.detach() for site, grad in zip(sites, grads, strict=True)}

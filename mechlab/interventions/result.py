@@ -6,6 +6,8 @@ metric of each patched variant (averaged over prompts) on the sweep's grid (e.g.
 ``(patched - corrupted) / (clean - corrupted)`` is 1 where the patched run scores like the clean run
 and 0 where it scores like the corrupted one — for either direction. ``effect`` says how much of the
 behaviour a site carries: the normalized effect when denoising, ``1 - normalized`` when noising.
+Where no normalized effect exists (an ablation, or clean and corrupted scoring the same), ``effect``
+falls back to the raw change of the metric and ``summary()`` says so.
 """
 
 import dataclasses
@@ -13,13 +15,15 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
+from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab.errors import InputError
+from mechlab.interventions.sweep import Plan
 from mechlab.metrics import normalized_effect
 from mechlab.render import figures, html
-from mechlab.sites import Site
+from mechlab.sites import Site, lookup_key
 
 
 class Entry(NamedTuple):
@@ -48,12 +52,17 @@ class PatchResult:
         metric: a description of the metric.
         seconds: wall time of the computation.
         context: what else defines the result (e.g. the receivers of path patching).
+        mode: how the patched runs were computed: ``"prefix"`` (shared prefix computed once and
+            runs resumed at their first patched block), ``"resume"``, ``"full"`` (every run from
+            the tokens), or ``""`` (no patched runs: attribution patching).
+        n_layers, n_pos: the model's layers and the prompts' positions, so that lookups such as
+            ``result["resid_pre.-1@-1"]`` resolve negative indices.
     """
 
-    values: Tensor
-    per_prompt: Tensor
-    clean: Tensor
-    corrupted: Tensor | None
+    values: Float[Tensor, "*grid"]
+    per_prompt: Float[Tensor, "*grid batch"]
+    clean: Float[Tensor, " batch"]
+    corrupted: Float[Tensor, " batch"] | None
     axes: tuple[str, ...]
     labels: tuple[tuple[str, ...], ...]
     sites: tuple[tuple[Site, ...], ...]
@@ -62,6 +71,44 @@ class PatchResult:
     metric: str
     seconds: float
     context: str = ""
+    mode: str = ""
+    n_layers: int | None = None
+    n_pos: int | None = None
+
+    @classmethod
+    def from_plan(
+        cls,
+        plan: Plan,
+        values: Float[Tensor, "variant batch"],
+        clean: Float[Tensor, " batch"],
+        corrupted: Float[Tensor, " batch"] | None,
+        *,
+        direction: str,
+        method: str,
+        metric: str,
+        seconds: float,
+        context: str = "",
+        mode: str = "",
+    ) -> "PatchResult":
+        """A result on ``plan``'s grid from per-variant, per-prompt ``values`` (moved to the CPU)."""
+        per_prompt = values.detach().cpu().reshape(*plan.shape, values.shape[-1])
+        return cls(
+            values=per_prompt.mean(-1),
+            per_prompt=per_prompt,
+            clean=clean.detach().cpu(),
+            corrupted=None if corrupted is None else corrupted.detach().cpu(),
+            axes=plan.axes,
+            labels=plan.labels,
+            sites=plan.variants,
+            direction=direction,
+            method=method,
+            metric=metric,
+            seconds=seconds,
+            context=context,
+            mode=mode,
+            n_layers=plan.n_layers,
+            n_pos=plan.n_pos,
+        )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -83,6 +130,14 @@ class PatchResult:
         return None if self.corrupted is None else float(self.corrupted.mean())
 
     @property
+    def normalizable(self) -> bool:
+        """Whether ``normalized`` exists: a corrupted run that scores differently from the clean run."""
+        if self.corrupted is None:
+            return False
+        gap = torch.as_tensor(self.clean_mean, dtype=self.values.dtype) - float(self.corrupted.mean())
+        return bool(gap.abs() >= 1e-12)
+
+    @property
     def normalized(self) -> Tensor:
         """``(patched - corrupted) / (clean - corrupted)`` of the prompt means."""
         if self.corrupted is None:
@@ -99,10 +154,12 @@ class PatchResult:
 
     @property
     def effect(self) -> Tensor:
-        """How much of the behaviour each cell carries (normalized; ``-delta`` for ablations)."""
-        if self.corrupted is None:
-            return -self.delta
-        return self.normalized if self.direction == "denoise" else 1 - self.normalized
+        """How much of the behaviour each cell carries: the normalized effect (``1 - normalized``
+        when noising), or, without one, the raw change ``delta`` (``-delta`` when noising)."""
+        denoise = self.direction == "denoise"
+        if not self.normalizable:
+            return self.delta if denoise else -self.delta
+        return self.normalized if denoise else 1 - self.normalized
 
     def label(self, flat_index: int) -> str:
         return " + ".join(str(s) for s in self.sites[flat_index])
@@ -116,13 +173,18 @@ class PatchResult:
             Entry(self.sites[i], self.label(i), float(values[i]), float(effect[i])) for i in order.tolist()
         ]
 
-    def __getitem__(self, site: Site | str) -> float:
-        """The patched metric of the cell whose (single) site is ``site``."""
-        wanted = Site.parse(site) if isinstance(site, str) else site
+    def entry(self, site: Site | str) -> Entry:
+        """The cell whose (single) site is ``site`` (negative layer/position count from the end)."""
+        wanted = lookup_key(site, self.n_layers, self.n_pos)
         for i, sites in enumerate(self.sites):
             if sites == (wanted,):
-                return float(self.values.flatten()[i])
+                value, effect = self.values.flatten()[i], self.effect.flatten()[i]
+                return Entry(sites, self.label(i), float(value), float(effect))
         raise KeyError(f"{wanted} is not a cell of this result (axes {self.axes}).")
+
+    def __getitem__(self, site: Site | str) -> float:
+        """The patched metric of the cell whose (single) site is ``site``."""
+        return self.entry(site).value
 
     def _grid2d(self, values: Tensor) -> tuple[Tensor, Sequence[str], Sequence[str], str, str]:
         if values.ndim == 1:
@@ -134,8 +196,8 @@ class PatchResult:
         return flat, self.labels[2], rows, self.axes[2], f"{self.axes[0]}.{self.axes[1]}"
 
     def plot(self, *, normalized: bool = True, title: str | None = None) -> Figure:
-        """A heatmap of the (normalized) patched metric over the grid."""
-        use_norm = normalized and self.corrupted is not None
+        """A heatmap of the (normalized, where defined) patched metric over the grid."""
+        use_norm = normalized and self.normalizable
         data = self.normalized if use_norm else self.values
         grid, xt, yt, xlabel, ylabel = self._grid2d(data)
         what = "normalized effect" if use_norm else self.metric
@@ -153,10 +215,14 @@ class PatchResult:
     def summary(self) -> str:
         corrupted = "-" if self.corrupted_mean is None else f"{self.corrupted_mean:.4f}"
         context = f" [{self.context}]" if self.context else ""
+        mode = f", {self.mode} runs" if self.mode else ""
+        note = ""
+        if self.corrupted is not None and not self.normalizable:
+            note = "; clean and corrupted score the same, so effects are raw changes of the metric"
         return (
             f"{self.method} patching ({self.direction}){context} over {'×'.join(self.axes)} "
             f"{self.shape}: {self.metric}; clean {self.clean_mean:.4f}, corrupted {corrupted}; "
-            f"{self.seconds:.1f} s"
+            f"{self.seconds:.1f} s{mode}{note}"
         )
 
     def _repr_html_(self) -> str:
@@ -173,7 +239,7 @@ class PatchResult:
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per cell: grid coordinates, sites, value, normalized effect (if defined), effect."""
-        norm = None if self.corrupted is None else self.normalized.flatten().tolist()
+        norm = self.normalized.flatten().tolist() if self.normalizable else None
         effect = self.effect.flatten().tolist()
         out = []
         for i, value in enumerate(self.values.flatten().tolist()):
@@ -186,11 +252,9 @@ class PatchResult:
         return out
 
     def to_dataframe(self) -> Any:
-        """A pandas DataFrame of ``records()`` (needs pandas: ``pip install pandas``)."""
-        try:
-            import pandas as pd
-        except ImportError as error:  # pragma: no cover - pandas ships with transformer-lens
-            raise ImportError("to_dataframe needs pandas: pip install pandas") from error
+        """A pandas DataFrame of ``records()`` (pandas comes with transformer-lens)."""
+        import pandas as pd
+
         return pd.DataFrame(self.records())
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +262,7 @@ class PatchResult:
         return {
             "method": self.method,
             "direction": self.direction,
+            "mode": self.mode,
             "metric": self.metric,
             "context": self.context,
             "clean": self.clean_mean,

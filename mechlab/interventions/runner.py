@@ -14,8 +14,15 @@ and scores all of them with one call of the metric. Two shortcuts skip work that
   With ``prefix=d`` the runner computes the first ``d`` positions once, keeps their keys and
   values, and runs the variants on positions ``d…`` only (attention reads the kept keys/values).
 
-Each shortcut is verified once per ``Runner`` against the model's own logits and dropped if it
-does not reproduce them, so a shortcut can never change a result (``Runner.mode`` says which ran).
+Each shortcut is an immutable ``Strategy``. A ``Runner`` checks a strategy once, on two stacked
+copies of the unpatched batch, against the model's own logits (within ``TOLERANCE``, relative) and
+falls back to the next (prefix → resume → full) when it does not reproduce them; ``Runner.mode``
+and ``PatchResult.mode`` say which ran. The check runs without replacements; that patched runs agree
+too is what the tests establish, comparing the three modes with each other and with
+TransformerLens's own patching.
+
+TransformerLens-native models (``toy:``) accept no key/value cache, so they run ``"resume"``;
+Hugging Face-backed models (GGUF, HF directories) run ``"prefix"`` when the prompts share a prefix.
 
 TransformerLens 4 bridges expose ``hook_resid_mid`` as the input of the second norm only: a
 replacement there reaches the MLP but not the residual stream. The runner patches ``resid_mid``
@@ -23,24 +30,27 @@ through ``attn_out`` instead (``attn_out' = resid_mid_source - resid_pre``), whi
 """
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from mechlab.capture import Activations, capture
-from mechlab.interventions.hooks import hooked
+from mechlab.interventions.hooks import hooked, recorder
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens
 
 BlockCall = tuple[tuple[Any, ...], dict[str, Any]]
 Mode = Literal["prefix", "resume", "full"]
+# The strategies a Runner may use, fastest first (tests narrow this to compare them).
+STRATEGIES: tuple[Mode, ...] = ("prefix", "resume", "full")
 TOLERANCE = 1e-4
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Replacement:
     """Within one variant, replace ``site``'s slice (its head/pos) with the same slice of ``source``.
 
@@ -49,7 +59,7 @@ class Replacement:
     """
 
     site: Site
-    source: Tensor
+    source: Float[Tensor, "#batch *rest"]
     offset: int = 0
 
 
@@ -93,6 +103,41 @@ def _close(a: Tensor, b: Tensor) -> bool:
     return a.shape == b.shape and float((a - b).abs().max()) <= TOLERANCE * max(1.0, float(b.abs().max()))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class Strategy:
+    """How patched runs are computed; one immutable value per mode.
+
+    Attributes:
+        mode: ``"full"`` runs the model from the tokens; ``"resume"`` starts at the first patched
+            block from the cached residual stream; ``"prefix"`` also keeps the shared prefix's
+            keys/values and computes positions ``offset…`` only.
+        offset: the first position the runs compute.
+        resid: the unpatched residual stream entering each resume layer (positions from ``offset``).
+        calls: the arguments (after the residual) each block received in the unpatched run.
+        kv: the prefix's keys and values per block (``"prefix"`` only).
+    """
+
+    mode: Mode
+    offset: int = 0
+    resid: Mapping[int, Tensor] = dataclasses.field(default_factory=dict)
+    calls: Mapping[int, BlockCall] = dataclasses.field(default_factory=dict)
+    kv: tuple[tuple[Tensor, Tensor], ...] | None = None
+
+    def cache(self, times: int) -> Any:
+        """A fresh key/value cache of the prefix for ``times`` stacked copies (``None`` if none)."""
+        if self.kv is None:
+            return None
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(self.kv):
+            cache.update(keys.repeat(times, 1, 1, 1), values.repeat(times, 1, 1, 1), layer)
+        return cache
+
+
+FULL = Strategy("full")
+
+
 class Runner:
     """Runs patched variants of one target batch with the fastest verified strategy.
 
@@ -120,15 +165,19 @@ class Runner:
         wanted = list(dict.fromkeys([*keep, *(Site("resid_pre", layer) for layer in layers)]))
         with recording_block_calls(model) as calls:
             self.reference: Activations = capture(model, tokens, wanted, max_bytes=None)
-        self._calls, self._full_calls = calls, calls
-        self._kv: list[tuple[Tensor, Tensor]] | None = None
-        self._resid = {layer: self.reference[Site("resid_pre", layer)] for layer in layers}
-        self.offset = 0
-        self.mode: Mode = self._choose_mode(prefix, layers)
+        self.strategy = self._choose(prefix, layers, dict(calls))
 
     @property
     def batch(self) -> int:
         return int(self.tokens.shape[0])
+
+    @property
+    def mode(self) -> Mode:
+        return self.strategy.mode
+
+    @property
+    def offset(self) -> int:
+        return self.strategy.offset
 
     @property
     def logits(self) -> Tensor:
@@ -136,73 +185,69 @@ class Runner:
         assert self.reference.logits is not None
         return self.reference.logits
 
-    def _choose_mode(self, prefix: int, layers: list[int]) -> Mode:
-        if not layers or not self._calls:
-            return "full"
-        wanted = self.logits if self.positions is None else self.logits[:, self.positions]
-        usable = self.positions is not None and 0 < prefix <= min(self.positions)
-        if usable and self._try_prefix(prefix, layers):
-            with torch.no_grad():
-                resumed = self._final(self._resume(self._resid[0], 0, None, 1, self._kv_cache(1)))
-            if _close(resumed, wanted):
-                return "prefix"
-            self._setup_prefix(0, layers)
-        with torch.no_grad():
-            resumed = self._final(self._resume(self._resid[0], 0, None, 1, None))
-        return "resume" if _close(resumed, wanted) else "full"
+    def _choose(self, prefix: int, layers: list[int], calls: dict[int, BlockCall]) -> Strategy:
+        """The first strategy of ``STRATEGIES`` that is available and reproduces the logits."""
+        if not layers or len(calls) < len(_blocks(self.model) or []):
+            return FULL
+        for mode in STRATEGIES:
+            if mode == "prefix":
+                candidate = self._prefix(prefix, layers)
+            elif mode == "resume":
+                resid = {layer: self.reference[Site("resid_pre", layer)] for layer in layers}
+                candidate = Strategy("resume", 0, resid, calls)
+            else:
+                return FULL
+            if candidate is not None and self._reproduces(candidate):
+                return candidate
+        return FULL
 
-    def _try_prefix(self, prefix: int, layers: list[int]) -> bool:
-        try:
-            return self._setup_prefix(prefix, layers)
-        except (TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError):
-            # A model whose blocks do not take a key/value cache: use the other strategies.
-            self._setup_prefix(0, layers)
-            return False
-
-    def _setup_prefix(self, prefix: int, layers: list[int]) -> bool:
-        """Compute the shared prefix's keys/values and the suffix's block inputs (or undo them)."""
-        if prefix == 0:
-            self._kv, self.offset = None, 0
-            self._resid = {layer: self.reference[Site("resid_pre", layer)] for layer in layers}
-            self._calls = self._full_calls
-            return False
-        from transformers import DynamicCache
-
-        with torch.no_grad():
-            cache = DynamicCache()
-            self.model(self.tokens[:, :prefix], past_key_values=cache)
-            layers_kv = getattr(cache, "layers", [])
-            kv: list[tuple[Tensor, Tensor]] = [(lk.keys.clone(), lk.values.clone()) for lk in layers_kv]
-            if len(kv) != len(_blocks(self.model) or []):
-                return False
-            self._kv, self.offset = kv, prefix
-            suffix = [Site("resid_pre", layer) for layer in layers]
-            with recording_block_calls(self.model) as calls:
-                kept: dict[Site, Tensor] = {}
-                hooks = [(s, lambda act, site: kept.__setitem__(site, act.clone())) for s in suffix]
-                with hooked(self.model, hooks):
-                    self.model(self.tokens[:, prefix:], past_key_values=self._kv_cache(1))
-        self._calls, self._resid = calls, {s.layer: kept[s] for s in suffix if s.layer is not None}
-        return True
-
-    def _kv_cache(self, times: int) -> Any:
+    def _prefix(self, prefix: int, layers: list[int]) -> Strategy | None:
+        """The prefix strategy, or ``None`` where it does not apply or the model keeps no cache."""
+        if self.positions is None or not 0 < prefix <= min(self.positions):
+            return None
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        for layer, (keys, values) in enumerate(self._kv or []):
-            cache.update(keys.repeat(times, 1, 1, 1), values.repeat(times, 1, 1, 1), layer)
-        return cache
+        try:
+            with torch.no_grad():
+                self.model(self.tokens[:, :prefix], past_key_values=cache)
+        except TypeError:  # a forward that takes no key/value cache
+            return None
+        kv = tuple((lk.keys.clone(), lk.values.clone()) for lk in getattr(cache, "layers", []))
+        if len(kv) != len(_blocks(self.model) or []):
+            return None  # the blocks ignored the cache (TransformerLens-native models keep none)
+        partial = Strategy("prefix", prefix, kv=kv)
+        kept: dict[Site, Tensor] = {}
+        record = recorder(kept)
+        suffix = [(Site("resid_pre", layer), record) for layer in layers]
+        with torch.no_grad(), recording_block_calls(self.model) as calls, hooked(self.model, suffix):
+            self.model(self.tokens[:, prefix:], past_key_values=partial.cache(1))
+        resid = {layer: kept[Site("resid_pre", layer)] for layer in layers}
+        return dataclasses.replace(partial, resid=resid, calls=dict(calls))
 
-    def _final(self, resid: Tensor) -> Tensor:
+    def _reproduces(self, strategy: Strategy) -> bool:
+        """Whether ``strategy`` gives the unpatched logits on two stacked copies of the batch."""
+        wanted = self.logits if self.positions is None else self.logits[:, self.positions]
+        wanted = wanted.repeat(2, 1, 1)
+        with torch.no_grad():
+            resid = strategy.resid[0].repeat(2, 1, 1)
+            if not _close(self._final(strategy, self._resume(strategy, resid, 0, None, 2)), wanted):
+                return False
+            if strategy.mode == "prefix":
+                return _close(self._from_tokens(strategy, 2), wanted)
+        return True
+
+    def _final(self, strategy: Strategy, resid: Tensor) -> Tensor:
         model: Any = self.model
         if self.positions is not None:
-            resid = resid[:, [p - self.offset for p in self.positions]]
+            resid = resid[:, [p - strategy.offset for p in self.positions]]
         return model.unembed(model.ln_final(resid))
 
-    def _resume(self, resid: Tensor, start: int, stop: int | None, times: int, kv: Any) -> Tensor:
+    def _resume(self, strategy: Strategy, resid: Tensor, start: int, stop: int | None, times: int) -> Tensor:
         blocks = _blocks(self.model) or []
+        kv = strategy.cache(times)
         for layer in range(start, len(blocks) if stop is None else stop):
-            args, kwargs = self._calls[layer]
+            args, kwargs = strategy.calls[layer]
             kwargs = {k: _tile(v, self.batch, times) for k, v in kwargs.items()}
             if "past_key_values" in kwargs:
                 kwargs["past_key_values"] = kv
@@ -211,6 +256,15 @@ class Runner:
             out = blocks[layer](resid, *[_tile(a, self.batch, times) for a in args], **kwargs)
             resid = out[0] if isinstance(out, tuple) else out
         return resid
+
+    def _from_tokens(self, strategy: Strategy, times: int) -> Tensor:
+        """Logits at ``positions`` of ``times`` stacked copies, run from the tokens."""
+        tokens = self.tokens[:, strategy.offset :].repeat(times, 1)
+        if strategy.mode == "prefix":
+            out = self.model(tokens, past_key_values=strategy.cache(times))
+            return out[:, [p - strategy.offset for p in self.positions or []]]
+        out = self.model(tokens)
+        return out if self.positions is None else out[:, self.positions]
 
     def run(
         self,
@@ -226,32 +280,29 @@ class Runner:
             variants: the replacements of each variant.
             start: the first block any replacement touches (``None``: before block 0).
             capture: sites whose patched-run activations to return (position axis from
-                ``self.offset``).
+                ``self.offset``); a site before ``start`` is not reached and not returned.
             logits: whether to compute logits (skipped when only captures are wanted).
 
         Returns:
             logits ``[variant, batch, len(positions), d_vocab]`` (all positions from ``offset``
             when ``positions`` is None), or ``None``; and ``{site: [variant, batch, ...]}``.
         """
-        times = len(variants)
+        times, strategy = len(variants), self.strategy
         captured: dict[Site, Tensor] = {}
-        hooks = _patch_hooks(variants, self.batch, self.offset) + _capture_hooks(capture, captured, times)
-        stop = None if logits else _stop_layer(capture)
-        kv = self._kv_cache(times) if self.mode == "prefix" else None
+        hooks = _patch_hooks(variants, self.batch, strategy.offset)
+        hooks += [(site, recorder(captured)) for site in capture]
         out: Tensor | None = None
         with torch.no_grad(), hooked(self.model, hooks):
-            if self.mode != "full" and start is not None:
-                resid = self._resume(self._resid[start].repeat(times, 1, 1), start, stop, times, kv)
-                out = self._final(resid) if logits else None
-            elif self.mode == "prefix":
-                full = self.model(self.tokens[:, self.offset :].repeat(times, 1), past_key_values=kv)
-                out = full[:, [p - self.offset for p in self.positions or []]]
+            if strategy.mode != "full" and start is not None:
+                stop = None if logits else _stop_layer(capture)
+                resid = self._resume(strategy, strategy.resid[start].repeat(times, 1, 1), start, stop, times)
+                out = self._final(strategy, resid) if logits else None
             else:
-                full = self.model(self.tokens.repeat(times, 1))
-                out = full if self.positions is None else full[:, self.positions]
+                out = self._from_tokens(strategy, times)
+        stacked = {site: act.view(times, self.batch, *act.shape[1:]) for site, act in captured.items()}
         if out is None or not logits:
-            return None, captured
-        return out.reshape(times, self.batch, *out.shape[1:]), captured
+            return None, stacked
+        return out.reshape(times, self.batch, *out.shape[1:]), stacked
 
 
 def _stop_layer(capture: Sequence[Site]) -> int | None:
@@ -288,12 +339,13 @@ def _patch_hooks(
     times = len(variants)
     hooks: list[tuple[Site, Any]] = []
     for entries in direct.values():
-        site = entries[0][1].site.with_(head=None, pos=None)
-        hooks.append((site, _replacer(entries, batch, times, offset, None)))
+        site = entries[0][1].site.whole
+        hooks.append((site, _replacer(entries, batch, times, offset)))
     for layer, entries in mid.items():
-        seen: dict[str, Tensor] = {}
-        hooks.append((Site("resid_pre", layer), lambda act, site, seen=seen: seen.__setitem__("pre", act)))
-        hooks.append((Site("attn_out", layer), _replacer(entries, batch, times, offset, seen)))
+        seen: dict[Site, Tensor] = {}
+        pre = Site("resid_pre", layer)
+        hooks.append((pre, recorder(seen, copy=False)))
+        hooks.append((Site("attn_out", layer), _replacer(entries, batch, times, offset, seen, pre)))
     return hooks
 
 
@@ -302,14 +354,15 @@ def _replacer(
     batch: int,
     times: int,
     offset: int,
-    minus: dict[str, Tensor] | None,
+    seen: dict[Site, Tensor] | None = None,
+    minus: Site | None = None,
 ) -> Callable[..., Tensor]:
-    """Replace each entry's slice; with ``minus``, write ``source - minus["pre"]`` (resid_mid)."""
+    """Replace each entry's slice; with ``minus``, write ``source - seen[minus]`` (resid_mid)."""
 
     def replace(act: Tensor, _: Site) -> Tensor:
         out = act.clone()
         rows = out.view(times, batch, *act.shape[1:])
-        pre = None if minus is None else minus["pre"].view(times, batch, *act.shape[1:])
+        pre = None if seen is None or minus is None else seen[minus].view(times, batch, *act.shape[1:])
         for v, rep in entries:
             local = _local(rep, offset, rows[v])
             if local is None:
@@ -320,10 +373,3 @@ def _replacer(
         return out
 
     return replace
-
-
-def _capture_hooks(capture: Sequence[Site], into: dict[Site, Tensor], times: int) -> list[tuple[Site, Any]]:
-    def keep(act: Tensor, site: Site) -> None:
-        into[site] = act.detach().clone().view(times, -1, *act.shape[1:])
-
-    return [(site, keep) for site in capture]

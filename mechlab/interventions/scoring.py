@@ -1,9 +1,10 @@
 """Scoring patched runs with a metric, computing logits only where the metric reads them.
 
-mechlab's metrics (``mechlab.metrics``) read one position (``pos``) and accept a leading variants
-axis, so a sweep computes the unembedding at that position only and scores every variant in one
-call. Any other callable is called once per variant on full ``[batch, pos, d_vocab]`` logits and
-may return one number per prompt ``[batch]`` or a scalar (then every prompt gets that value).
+A metric that reads one position (``mechlab.metrics.PositionMetric``: every built-in metric) and
+accepts a leading variants axis lets a sweep compute the unembedding at that position only and score
+every variant in one call. Any other callable is called once per variant on full
+``[batch, pos, d_vocab]`` logits and may return one number per prompt ``[batch]`` or a scalar (then
+every prompt gets that value).
 """
 
 import dataclasses
@@ -14,10 +15,10 @@ import torch
 from torch import Tensor
 
 from mechlab.errors import InputError
-from mechlab.metrics import AnswerLogit, AnswerLogProb, AnswerProb, KLFromReference, LogitDiff
+from mechlab.metrics import PositionMetric
+from mechlab.sites import fit_pos
 
 MetricLike = Callable[[Tensor], Tensor]
-_POSITIONAL = (LogitDiff, AnswerLogit, AnswerLogProb, AnswerProb)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -55,44 +56,28 @@ class Scorer:
         """Score one unpatched run's full logits ``[batch, pos, d_vocab]`` → ``[batch]``."""
         return self(self.select(logits).unsqueeze(0))[0]
 
+    def stacked(self, logits: Tensor, variants: int) -> Tensor:
+        """Score full logits of ``variants`` stacked copies of the batch ``[variants·batch, pos,
+        d_vocab]`` → ``[variants, batch]``."""
+        selected = self.select(logits)
+        return self(selected.reshape(variants, -1, *selected.shape[1:]))
+
     def describe(self) -> str:
         return describe(self.metric)
 
 
 def describe(metric: Any) -> str:
     """A short human-readable name for a metric."""
-    if isinstance(metric, LogitDiff):
-        return f"logit diff ({_ids(metric.answer)} − {_ids(metric.wrong)}) at pos {metric.pos}"
-    if isinstance(metric, KLFromReference):
-        return f"KL from reference at pos {metric.pos}"
-    if isinstance(metric, _POSITIONAL):
-        return f"{type(metric).__name__}({_ids(metric.answer)}) at pos {metric.pos}"
+    if isinstance(metric, PositionMetric):
+        return metric.describe()
     return getattr(metric, "__name__", type(metric).__name__)
-
-
-def _ids(value: Any) -> str:
-    if isinstance(value, Tensor):
-        value = value.tolist()
-    if isinstance(value, list | tuple) and len(value) > 3:
-        return "per prompt"
-    return str(value)
 
 
 def scorer(metric: MetricLike, n_pos: int) -> Scorer:
     """Wrap ``metric`` for sweeps over prompts of ``n_pos`` tokens."""
     if not callable(metric):
         raise InputError(f"The metric must be callable (logits -> scores), got {type(metric).__name__}.")
-    if isinstance(metric, _POSITIONAL):
-        pos = _check_pos(metric.pos, n_pos)
-        return Scorer(metric, [pos], dataclasses.replace(metric, pos=0), True)
-    if isinstance(metric, KLFromReference):
-        pos = _check_pos(metric.pos, n_pos)
-        narrowed = dataclasses.replace(metric, reference=metric.reference[:, [pos]], pos=0)
-        return Scorer(metric, [pos], narrowed, True)
+    if isinstance(metric, PositionMetric):
+        pos = fit_pos(metric.pos, n_pos, f"The metric {metric.describe()}", InputError)
+        return Scorer(metric, [pos], metric.narrowed(), True)
     return Scorer(metric, None, metric, False)
-
-
-def _check_pos(pos: int, n_pos: int) -> int:
-    if not -n_pos <= pos < n_pos:
-        raise InputError(f"The metric reads position {pos}, but the prompts have {n_pos} tokens.")
-    return pos % n_pos

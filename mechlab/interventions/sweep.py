@@ -3,15 +3,20 @@
 A ``Sweep`` names every site of one kind — per layer, per head for per-head kinds, and optionally per
 position — and lays the results out on a grid with named axes (``layer``, ``head``, ``pos``).
 ``resolve`` turns any of these forms into a ``Plan``: the variants to run (each a tuple of Sites
-patched together), the grid shape, the axis names and tick labels.
+patched together), the grid shape, the axis names and tick labels. ``run_chunks`` then evaluates the
+variants a forward-sized batch at a time, ordered by the first layer they change.
 """
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
+import torch
+from torch import Tensor
+
 from mechlab.errors import SiteError
-from mechlab.sites import HEAD_KINDS, KINDS, Site, n_heads_for, validate
+from mechlab.progress import Progress, SweepProgress
+from mechlab.sites import HEAD_KINDS, KINDS, Site, fit_pos, fit_site, n_heads_for, validate
 from mechlab.types import HookedModel
 
 # Kinds whose replacement reaches the model's output on TransformerLens 4 bridges. Layer-norm scales
@@ -40,23 +45,34 @@ class Sweep:
 
     Args:
         kind: a patchable site kind (``PATCHABLE_KINDS``).
-        layers: the layers to sweep (default all).
+        layers: the layers to sweep (default ``None``: all; any sequence, e.g. ``range(20)``).
         heads: the heads to sweep for per-head kinds (default all; key/value heads for ``k``/``v``).
         per_position: one variant per position (query position for ``pattern``) instead of all
             positions at once.
         positions: the positions to sweep when ``per_position`` (default all).
+
+    An empty selection (``layers=()``) is an error rather than "all".
     """
 
     kind: str
-    layers: tuple[int, ...] | None = None
-    heads: tuple[int, ...] | None = None
+    layers: Sequence[int] | None = None
+    heads: Sequence[int] | None = None
     per_position: bool = False
-    positions: tuple[int, ...] | None = None
+    positions: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PATCHABLE_KINDS:
             raise SiteError(f"Cannot sweep {self.kind!r}; sweepable kinds: {', '.join(PATCHABLE_KINDS)}.")
-        if self.kind == "embed" and (self.layers or self.heads):
+        for name in ("layers", "heads", "positions"):
+            chosen = getattr(self, name)
+            if chosen is not None:
+                if len(chosen) == 0:
+                    raise ValueError(
+                        f"Sweep({self.kind!r}, {name}=()) selects nothing: pass at least one, or "
+                        f"leave {name}=None to sweep all."
+                    )
+                object.__setattr__(self, name, tuple(int(x) for x in chosen))
+        if self.kind == "embed" and (self.layers is not None or self.heads is not None):
             raise ValueError("'embed' has no layers or heads; use Sweep('embed', per_position=True).")
         if self.heads is not None and self.kind not in HEAD_KINDS:
             raise ValueError(f"{self.kind!r} has no heads; drop heads={self.heads}.")
@@ -70,12 +86,15 @@ SitesLike: TypeAlias = Sweep | str | Site | Sequence[VariantSpec]
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Resolved variants (each a tuple of validated Sites) laid out on ``shape`` with named axes."""
+    """Resolved variants (each a tuple of validated Sites) laid out on ``shape`` with named axes,
+    for a model of ``n_layers`` layers and prompts of ``n_pos`` tokens."""
 
     variants: tuple[tuple[Site, ...], ...]
     shape: tuple[int, ...]
     axes: tuple[str, ...]
     labels: tuple[tuple[str, ...], ...]
+    n_layers: int
+    n_pos: int
 
 
 def _from_string(text: str) -> Sweep | list[VariantSpec]:
@@ -85,14 +104,13 @@ def _from_string(text: str) -> Sweep | list[VariantSpec]:
 
 
 def _resolve_sweep(model: HookedModel, sweep: Sweep, pos_labels: Sequence[str]) -> Plan:
-    n_layers, n_pos = model.cfg.n_layers, len(pos_labels)
+    n_layers, n_pos = int(model.cfg.n_layers), len(pos_labels)
     axes: list[str] = []
     ranges: list[list[int | None]] = []
     labels: list[tuple[str, ...]] = []
     if sweep.kind != "embed":
-        layers = [
-            validate(Site(sweep.kind, layer), model).layer for layer in (sweep.layers or range(n_layers))
-        ]
+        chosen = range(n_layers) if sweep.layers is None else sweep.layers
+        layers = [validate(Site(sweep.kind, layer), model).layer for layer in chosen]
         axes.append("layer")
         ranges.append(list(layers))
         labels.append(tuple(str(layer) for layer in layers))
@@ -104,20 +122,20 @@ def _resolve_sweep(model: HookedModel, sweep: Sweep, pos_labels: Sequence[str]) 
         ranges.append(list(heads))
         labels.append(tuple(str(h) for h in heads))
     if sweep.per_position:
-        positions = [p % n_pos for p in (sweep.positions or range(n_pos))]
-        if any(not 0 <= p < n_pos for p in positions):
-            raise SiteError(f"Positions {sweep.positions} do not fit prompts of {n_pos} tokens.")
+        chosen = range(n_pos) if sweep.positions is None else sweep.positions
+        positions = [fit_pos(p, n_pos, f"Sweep({sweep.kind!r}, positions=...)") for p in chosen]
         axes.append("pos")
         ranges.append(list(positions))
         labels.append(tuple(f"{p}:{pos_labels[p]}" for p in positions))
     if not axes:
-        return Plan(((Site("embed"),),), (1,), ("site",), (("embed",),))
+        return Plan(((Site("embed"),),), (1,), ("site",), (("embed",),), n_layers, n_pos)
     variants = []
     for cell in _product(ranges):
         fields = dict(zip(axes, cell, strict=True))
         site = Site(sweep.kind, fields.get("layer"), fields.get("head"), fields.get("pos"))
         variants.append((validate(site, model),))
-    return Plan(tuple(variants), tuple(len(r) for r in ranges), tuple(axes), tuple(labels))
+    shape = tuple(len(r) for r in ranges)
+    return Plan(tuple(variants), shape, tuple(axes), tuple(labels), n_layers, n_pos)
 
 
 def _product(ranges: list[list[int | None]]) -> list[tuple[int | None, ...]]:
@@ -161,13 +179,10 @@ def resolve(model: HookedModel, sites: SitesLike, pos_labels: Sequence[str]) -> 
             if not isinstance(site, Site):
                 raise SiteError(f"Expected Site objects (or lists of them), got {type(site).__name__}.")
             _check_patchable(site)
-            if site.pos is not None and not -n_pos <= site.pos < n_pos:
-                raise SiteError(f"Site {site} names position {site.pos}, but the prompts have {n_pos}.")
-            site = site if site.pos is None else site.with_(pos=site.pos % n_pos)
-            checked.append(validate(site, model))
+            checked.append(validate(fit_site(site, n_pos), model))
         variants.append(tuple(checked))
     names = tuple(" + ".join(str(s) for s in group) for group in variants)
-    return Plan(tuple(variants), (len(variants),), ("site",), (names,))
+    return Plan(tuple(variants), (len(variants),), ("site",), (names,), int(model.cfg.n_layers), n_pos)
 
 
 def start_layer(variant: Sequence[Site]) -> int | None:
@@ -176,3 +191,52 @@ def start_layer(variant: Sequence[Site]) -> int | None:
     if any(layer is None for layer in layers):
         return None
     return min(layer for layer in layers if layer is not None)
+
+
+Evaluate: TypeAlias = Callable[[list[int], int | None], Tensor]
+
+
+def chunks(starts: Sequence[int | None], rows_per_variant: int, batch_size: int) -> list[list[int]]:
+    """Variant indices in forward-sized groups (≤ ``batch_size`` rows), ordered by start layer."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1 (rows per forward pass), got {batch_size}.")
+    per_chunk = max(1, batch_size // rows_per_variant)
+    order = sorted(range(len(starts)), key=lambda i: -1 if (s := starts[i]) is None else s)
+    return [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
+
+
+def chunk_start(starts: Sequence[int | None], chunk: Sequence[int]) -> int | None:
+    """The first block any variant of ``chunk`` changes (``None``: before block 0)."""
+    values = [starts[i] for i in chunk]
+    if any(s is None for s in values):
+        return None
+    return min(s for s in values if s is not None)
+
+
+def run_chunks(
+    values: Tensor,
+    todo: Sequence[int],
+    starts: Sequence[int | None],
+    batch_size: int,
+    evaluate: Evaluate,
+    progress: Progress | None,
+) -> None:
+    """Fill ``values[i]`` (``[batch]`` per variant) for the variants ``todo``, a batch of variants
+    at a time: ``evaluate(indices, start_layer) -> [len(indices), batch]`` (on any device)."""
+    done = len(values) - len(todo)
+    for part in chunks([starts[i] for i in todo], int(values.shape[1]), batch_size):
+        chunk = [todo[i] for i in part]
+        values[chunk] = evaluate(chunk, chunk_start(starts, chunk)).to(values)
+        done += len(chunk)
+        if progress is not None:
+            progress(SweepProgress(done, len(values)))
+
+
+def variant_values(plan: Plan, batch: int) -> Tensor:
+    """An empty ``[variant, batch]`` table for a plan's scores (on the CPU, where results live)."""
+    return torch.empty(len(plan.variants), batch, device="cpu")
+
+
+def whole_sites(plan: Plan) -> list[Site]:
+    """The distinct whole hooked tensors a plan's variants slice."""
+    return list(dict.fromkeys(site.whole for variant in plan.variants for site in variant))

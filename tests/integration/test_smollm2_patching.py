@@ -15,7 +15,7 @@ CORRUPTED = "When Mary and John went to the store after work on Friday, Tom gave
 def ioi(smollm2):  # type: ignore[no-untyped-def]
     model = smollm2.model
     clean, corrupted = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
-    metric = LogitDiff(model.to_single_token(" Mary"), model.to_single_token(" John"))
+    metric = LogitDiff.from_text(model, " Mary", " John")
     heads = mechlab.patch(model, clean, corrupted, "z", metric)
     return model, clean, corrupted, metric, heads
 
@@ -57,15 +57,21 @@ def test_head_patching_matches_transformer_lens_on_a_few_layers(ioi) -> None:
 
 
 def test_prefix_sharing_gives_the_same_numbers(ioi, monkeypatch) -> None:
-    model, clean, corrupted, metric, _ = ioi
+    model, clean, corrupted, metric, heads = ioi
+    assert heads.mode == "prefix"  # the 13 shared tokens are computed once
     sweep = Sweep("resid_pre", layers=(0, 14, 29), per_position=True)
     fast = mechlab.patch(model, clean, corrupted, sweep, metric)
-    original = runner_module.Runner._choose_mode
-    monkeypatch.setattr(
-        runner_module.Runner, "_choose_mode", lambda self, prefix, layers: original(self, 0, layers)
-    )
+    monkeypatch.setattr(runner_module, "STRATEGIES", ("resume", "full"))
     slow = mechlab.patch(model, clean, corrupted, sweep, metric)
+    assert (fast.mode, slow.mode) == ("prefix", "resume")
     torch.testing.assert_close(fast.values, slow.values, atol=1e-4, rtol=0)
+    embed = Sweep("embed", per_position=True)  # runs from the tokens, with and without the prefix
+    monkeypatch.setattr(runner_module, "STRATEGIES", ("prefix", "full"))
+    with_prefix = mechlab.patch(model, clean, corrupted, embed, metric)
+    monkeypatch.setattr(runner_module, "STRATEGIES", ("full",))
+    full = mechlab.patch(model, clean, corrupted, embed, metric)
+    assert (with_prefix.mode, full.mode) == ("prefix", "full")
+    torch.testing.assert_close(with_prefix.values, full.values, atol=1e-4, rtol=0)
     # Layer 0, the first differing position (13) recovers the clean run exactly; others do nothing.
     assert fast.normalized[0, 13] == pytest.approx(1.0, abs=1e-4)
     assert fast.normalized[0, :13].abs().max() < 1e-6

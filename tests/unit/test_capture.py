@@ -8,6 +8,7 @@ import torch
 import mechlab
 from mechlab import (
     CaptureStoreError,
+    InputError,
     MemoryLimitError,
     Site,
     SiteError,
@@ -40,6 +41,13 @@ def test_memory_estimate_is_exact_and_refusal_teaches(tiny_gqa, tokens) -> None:
     estimate = estimate_memory(model, tokens, sites)
     assert estimate.total == capture(model, tokens, sites).nbytes
     assert estimate.per_site[Site("k", 0)] == 2 * 12 * 2 * 8 * 4  # batch·pos·kv_heads·d_head·fp32
+    assert estimate.logits == 2 * 12 * 50 * 4  # batch·pos·d_vocab·fp32
+    without = estimate_memory(model, tokens, sites, logits=False)
+    assert (
+        without.total
+        == estimate.total - estimate.logits
+        == capture(model, tokens, sites, logits=False).nbytes
+    )
     with pytest.raises(
         MemoryLimitError, match=r"(?s)needs about .* above the limit of 100 B.*max_bytes=None"
     ):
@@ -53,6 +61,15 @@ def test_bad_sites_are_refused_before_running(tiny, tokens) -> None:
     with pytest.raises(SiteError, match="Unknown site kind"):
         capture(tiny.model, tokens, ["nonsense.1"])
     assert mechlab.active_hook_count(tiny.model) == 0
+
+
+def test_lookups_resolve_negative_indices_and_membership_never_raises(tiny, tokens) -> None:
+    acts = capture(tiny.model, tokens, ["resid_pre", Site("z", -1, 2, pos=-1)])
+    assert list(acts) == [Site("resid_pre", 0), Site("resid_pre", 1), Site("z", 1, 2, pos=11)]
+    assert torch.equal(acts["resid_pre.-1"], acts[Site("resid_pre", 1)])
+    assert torch.equal(acts["z.-1.2@-1"], acts["z.1.2@11"])
+    assert Site("z", 1, 2, pos=-1) in acts and "resid_pre.0" in acts
+    assert "resid_pre" not in acts and "z.1.2" not in acts and 3 not in acts
 
 
 def _inputs(n: int) -> list[torch.Tensor]:
@@ -77,6 +94,37 @@ def test_capture_dataset_matches_per_prompt_capture(tiny, tmp_path) -> None:
         torch.testing.assert_close(stacked[i, : len(row)], alone[SITES[0]][0], atol=1e-5, rtol=0)
     reopened = mechlab.read_capture(tmp_path)
     assert reopened.sites == ["resid_post.0", "z.1.0"] and reopened.manifest == dataset.manifest
+
+
+def test_positions_are_read_per_prompt_in_a_padded_batch(tiny, tmp_path) -> None:
+    inputs = _inputs(7)
+    sites = [Site("resid_post", 1, pos=-1), Site("z", 1, 2, pos=2), Site("pattern", 0, 1, pos=-1)]
+    dataset = capture_dataset(tiny.model, inputs, sites, tmp_path, batch_size=3)
+    longest = max(len(x) for x in inputs)
+    stacked = {site: dataset.stack(str(site)) for site in sites}
+    assert stacked[sites[0]].shape == (7, 32) and stacked[sites[2]].shape == (7, longest)
+    for i, row in enumerate(inputs):
+        alone = capture(tiny.model, row.unsqueeze(0), sites)
+        for site in sites[:2]:
+            torch.testing.assert_close(stacked[site][i], alone[site][0], atol=1e-5, rtol=0)
+        pattern = stacked[sites[2]][i]  # attention from the prompt's own last token, keys padded
+        torch.testing.assert_close(pattern[: len(row)], alone[sites[2]][0], atol=1e-6, rtol=0)
+        assert not pattern[len(row) :].any()
+    too_far = [Site("resid_pre", 0, pos=6)]
+    with pytest.raises(InputError, match=r"(?s)prompt \d of batch \d, \d tokens\) names position 6"):
+        capture_dataset(tiny.model, inputs, too_far, tmp_path / "far", batch_size=3)
+
+
+def test_stacking_patterns_pads_query_and_key_positions(tiny, tmp_path) -> None:
+    inputs = [torch.tensor([1, 2, 3, 4, 5, 6]), torch.tensor([7, 8, 9])]
+    dataset = capture_dataset(tiny.model, inputs, ["pattern.0", "pattern.1.3"], tmp_path, batch_size=1)
+    whole, head = dataset.stack("pattern.0"), dataset.stack("pattern.1.3")
+    assert whole.shape == (2, 4, 6, 6) and head.shape == (2, 6, 6)
+    alone = capture(tiny.model, inputs[1].unsqueeze(0), ["pattern.0", "pattern.1.3"])
+    torch.testing.assert_close(whole[1, :, :3, :3], alone["pattern.0"][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(head[1, :3, :3], alone["pattern.1.3"][0], atol=1e-6, rtol=0)
+    assert whole[1, :, 3:].abs().sum() == 0 and whole[1, :, :, 3:].abs().sum() == 0
+    assert torch.equal(dataset.stack("lengths"), torch.tensor([6, 3]))
 
 
 def _shard_indices(directory) -> list[int]:  # type: ignore[no-untyped-def]

@@ -2,7 +2,16 @@ import pytest
 import torch
 
 from mechlab.errors import InputError
-from mechlab.metrics import AnswerLogProb, AnswerProb, KLFromReference, LogitDiff, normalized_effect
+from mechlab.metrics import (
+    AnswerLogit,
+    AnswerLogProb,
+    AnswerProb,
+    KLFromReference,
+    LogitDiff,
+    PositionMetric,
+    answer_ids,
+    normalized_effect,
+)
 
 
 def logits_fixture() -> torch.Tensor:
@@ -58,3 +67,54 @@ def test_normalized_effect() -> None:
     )
     with pytest.raises(InputError, match="score the same"):
         normalized_effect(torch.tensor([1.0]), 2.0, 2.0)
+
+
+@pytest.mark.parametrize("pos", [-1, 1])
+def test_position_metrics_narrow_to_the_one_position_they_read(pos: int) -> None:
+    logits = torch.randn(3, 2, 4, 5, generator=torch.Generator().manual_seed(0))  # variants batch pos vocab
+    metrics = [
+        LogitDiff([1, 0], 2, pos),
+        AnswerLogit(3, pos),
+        AnswerLogProb([4, 1], pos),
+        AnswerProb(0, pos),
+        KLFromReference(logits[0], pos),
+    ]
+    for metric in metrics:
+        assert isinstance(metric, PositionMetric)
+        narrowed = metric.narrowed()
+        torch.testing.assert_close(narrowed(logits[..., [pos], :]), metric(logits), atol=1e-6, rtol=0)
+        assert metric.describe().endswith(f"at pos {pos}")
+    assert LogitDiff(list(range(4)), 2).describe() == "logit diff (per prompt − 2) at pos -1"
+    assert not isinstance(lambda logits: logits[:, -1, 0], PositionMetric)
+
+
+class _WordModel:
+    """A stand-in for a model with a tokenizer: greedy longest match over a few pieces."""
+
+    tokenizer = "word pieces"
+    pieces = (" Mary", " John", " Mar", "anne", " Paris")
+
+    def to_tokens(self, text: str, prepend_bos: bool = True) -> torch.Tensor:
+        ids, i = [], 0
+        while i < len(text):
+            piece = max((p for p in self.pieces if text.startswith(p, i)), key=len)
+            ids.append(self.pieces.index(piece))
+            i += len(piece)
+        return torch.tensor([ids])
+
+    def to_string(self, token: int) -> str:
+        return self.pieces[token]
+
+
+def test_answers_as_text_must_be_single_tokens() -> None:
+    model = _WordModel()
+    assert answer_ids(model, " Paris") == 4
+    assert torch.equal(answer_ids(model, [" Mary", " John"]), torch.tensor([0, 1]))
+    metric = LogitDiff.from_text(model, [" Mary", " John"], " Paris", pos=-2)
+    assert metric.answer.tolist() == [0, 1] and metric.wrong == 4 and metric.pos == -2
+    with pytest.raises(
+        InputError, match=r"' Maryanne' is not one token .*\[' Mary', 'anne'\].*leading space"
+    ):
+        LogitDiff.from_text(model, " Maryanne", " John")
+    with pytest.raises(InputError, match="no tokenizer"):
+        answer_ids(object(), " Mary")

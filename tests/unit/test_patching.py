@@ -82,13 +82,38 @@ def test_gqa_key_value_sweeps_have_key_value_heads(tiny_gqa, pair) -> None:
     assert patch(tiny_gqa.model, clean, corrupted, "q", METRIC).shape == (2, 4)
 
 
-def test_every_strategy_gives_the_same_numbers(tiny, pair, monkeypatch) -> None:
+ORDERS = {"prefix": ("prefix", "resume", "full"), "resume": ("resume", "full"), "full": ("full",)}
+
+
+@pytest.mark.parametrize(("fixture", "fastest"), [("tiny", "resume"), ("tiny_llama", "prefix")])
+@pytest.mark.parametrize("kind", ["z", "resid_mid", "embed"])
+def test_every_strategy_gives_the_same_numbers(request, pair, monkeypatch, fixture, fastest, kind) -> None:
+    model = request.getfixturevalue(fixture).model
     clean, corrupted = pair
-    sweep = Sweep("z", per_position=True)
-    reference = patch(tiny.model, clean, corrupted, sweep, METRIC)
-    monkeypatch.setattr(runner_module.Runner, "_choose_mode", lambda self, prefix, layers: "full")
-    full = patch(tiny.model, clean, corrupted, sweep, METRIC)
-    torch.testing.assert_close(reference.values, full.values, atol=1e-5, rtol=0)
+    sweep = Sweep(kind, per_position=True)
+    results = {}
+    for mode, order in ORDERS.items():
+        monkeypatch.setattr(runner_module, "STRATEGIES", order)
+        results[mode] = patch(model, clean, corrupted, sweep, METRIC, batch_size=6)
+    # TransformerLens-native toys keep no key/value cache, so they cannot share the prefix.
+    expected = {"prefix": fastest, "resume": "resume", "full": "full"}
+    assert {mode: result.mode for mode, result in results.items()} == expected
+    assert f"{fastest} runs" in results["prefix"].summary()
+    for mode in ("resume", "full"):
+        torch.testing.assert_close(results["prefix"].values, results[mode].values, atol=1e-5, rtol=0)
+    # Patching at the first differing position (5) moves the metric; positions before it cannot.
+    assert results["full"].delta[..., 5].abs().max() > 1e-3
+    assert results["full"].delta[..., :5].abs().max() < 1e-5
+
+
+def test_a_strategy_that_does_not_reproduce_the_logits_is_dropped(tiny, pair, monkeypatch) -> None:
+    clean, corrupted = pair
+    monkeypatch.setattr(runner_module, "TOLERANCE", -1.0)  # nothing reproduces within it
+    result = patch(tiny.model, clean, corrupted, "z", METRIC)
+    monkeypatch.setattr(runner_module, "STRATEGIES", ("full",))
+    full = patch(tiny.model, clean, corrupted, "z", METRIC)
+    assert result.mode == "full"
+    torch.testing.assert_close(result.values, full.values, atol=1e-6, rtol=0)
 
 
 def test_groups_of_sites_are_patched_together(tiny, pair) -> None:
@@ -112,15 +137,31 @@ def test_user_callable_metric_scalar_or_per_prompt(tiny, pair) -> None:
 
 def test_zero_ablation_of_a_layer_matches_hooks(tiny, pair) -> None:
     clean, _ = pair
-    result = patch(tiny.model, clean, Ablation("zero"), [Site("attn_out", 1)], METRIC, direction="noise")
+    result = patch(tiny.model, clean, Ablation("zero"), [Site("attn_out", 1)], METRIC)
     with mechlab.hooked(tiny.model, {Site("attn_out", 1): lambda act, site: torch.zeros_like(act)}):
         expected = METRIC(tiny.model(clean)).mean()
     assert result.values.item() == pytest.approx(expected.item(), abs=1e-5)
-    assert result.corrupted is None
+    assert result.corrupted is None and result.direction == "noise"  # implied by the ablation
+    torch.testing.assert_close(result.effect, -result.delta)
     with pytest.raises(InputError, match="no corrupted run"):
         result.normalized  # noqa: B018
     with pytest.raises(ValueError, match="direction='noise'"):
-        patch(tiny.model, clean, Ablation("mean"), "z", METRIC)
+        patch(tiny.model, clean, Ablation("mean"), "z", METRIC, direction="denoise")
+
+
+def test_mean_ablation_of_a_pattern_averages_over_prompts_and_query_positions(tiny, pair) -> None:
+    clean, _ = pair
+    head = Site("pattern", 1, 2)
+    result = patch(tiny.model, clean, Ablation("mean"), [head], METRIC)
+
+    def ablate(act: torch.Tensor, site: Site) -> torch.Tensor:
+        out = act.clone()
+        out[:, 2] = act[:, 2].mean(dim=(0, 1), keepdim=True)  # [batch, q_pos, k_pos] of head 2
+        return out
+
+    with mechlab.hooked(tiny.model, {head.whole: ablate}):
+        expected = METRIC(tiny.model(clean))
+    torch.testing.assert_close(result.per_prompt[0], expected, atol=1e-5, rtol=0)
 
 
 def test_length_mismatch_error_shows_tokens(tiny) -> None:
@@ -129,6 +170,21 @@ def test_length_mismatch_error_shows_tokens(tiny) -> None:
         InputError, match=r"(?s)same shape.*first differ at position 2.*<- differs.*single token"
     ):
         patch(tiny.model, clean, corrupted, "z", METRIC)
+
+
+def test_empty_selections_are_errors_not_everything(tiny, pair) -> None:
+    for field in ("layers", "heads", "positions"):
+        with pytest.raises(ValueError, match=rf"{field}=\(\)\) selects nothing"):
+            Sweep("z", per_position=True, **{field: ()})
+    with pytest.raises(ValueError, match="'embed' has no layers"):
+        Sweep("embed", layers=(0,))
+    clean, corrupted = pair
+    sweep = Sweep("z", layers=range(1, 2), heads=[0, 3])  # any sequence; stored as a tuple
+    assert sweep.layers == (1,) and sweep.heads == (0, 3)
+    result = patch(tiny.model, clean, corrupted, sweep, METRIC)
+    assert result.shape == (1, 2) and result.labels == (("1",), ("0", "3"))
+    with pytest.raises(SiteError, match="position 8"):
+        patch(tiny.model, clean, corrupted, Sweep("z", per_position=True, positions=(8,)), METRIC)
 
 
 def test_bad_sites_are_refused(tiny, pair) -> None:
@@ -172,9 +228,55 @@ def test_result_views(tiny, pair) -> None:
     top = result.top(3)
     assert len(top) == 3 and abs(top[0].effect) >= abs(top[1].effect) >= abs(top[2].effect)
     assert result[top[0].label] == pytest.approx(top[0].value)
+    assert result.entry(top[0].sites[0]) == top[0]
+    # Negative layers and positions count from the end, as in the sweep's own sites.
+    assert result["z.-1.0@-1"] == result[Site("z", 1, 0, pos=7)] == float(result.values[1, 0, 7])
+    with pytest.raises(KeyError, match="not a cell"):
+        result["z.1.0"]
     frame = result.to_dataframe()
     assert list(frame.columns[:3]) == ["layer", "head", "pos"] and len(frame) == 64
     assert json.loads(json.dumps(result.to_dict()))["shape"] == [2, 4, 8]
     page = result._repr_html_()
     assert "<img" in page and "<table" in page and "data:image/png;base64," in page
     assert result.plot().axes[0].get_title().startswith("activation patching")
+
+
+def test_results_without_a_normalized_effect_fall_back_to_the_change(tiny, pair) -> None:
+    clean, corrupted = pair
+    with torch.no_grad():
+        floor = float(torch.maximum(METRIC(tiny.model(clean)), METRIC(tiny.model(corrupted))).max())
+
+    def saturating(logits: torch.Tensor) -> torch.Tensor:
+        return METRIC(logits).clamp(min=floor)  # clean and corrupted both score `floor`
+
+    for direction in ("denoise", "noise"):
+        result = patch(
+            tiny.model, clean, corrupted, Sweep("z", per_position=True), saturating, direction=direction
+        )
+        assert not result.normalizable and result.clean_mean == result.corrupted_mean == pytest.approx(floor)
+        assert result.delta.abs().max() > 1e-3  # some patched runs rise above the floor
+        sign = 1 if direction == "denoise" else -1
+        torch.testing.assert_close(result.effect, sign * result.delta)
+        assert [e.label for e in result.top(2)] == [
+            result.label(int(i)) for i in result.delta.abs().flatten().argsort(descending=True)[:2]
+        ]
+        assert "normalized" not in result.records()[0] and "score the same" in result.summary()
+        assert "<table" in result._repr_html_()
+        with pytest.raises(InputError, match="score the same"):
+            result.normalized  # noqa: B018
+
+
+def test_progress_reports_variants_and_drives_a_rich_bar(tiny, pair) -> None:
+    import io
+
+    from rich.console import Console
+
+    clean, corrupted = pair
+    seen: list[mechlab.ProgressState] = []
+    patch(tiny.model, clean, corrupted, "z", METRIC, batch_size=4, progress=seen.append)
+    assert [(s.done, s.total) for s in seen] == [(2, 8), (4, 8), (6, 8), (8, 8)]
+    output = io.StringIO()
+    with mechlab.RichProgress("Patching", console=Console(file=output, width=80)) as bar:
+        patch(tiny.model, clean, corrupted, "z", METRIC, batch_size=4, progress=bar)
+        bar(mechlab.CaptureProgress(batches=3, rows=5, total_batches=4, resumed_batches=0))
+    assert "Patching" in output.getvalue()
