@@ -144,8 +144,10 @@ def choose_heads(report: mechlab.DetectorReport, max_heads: int) -> tuple[list[H
 def analyse(model: Any, out: Path, *, n_samples: int, seed: int, max_heads: int) -> dict[str, Any]:
     report = mechlab.run_detectors(model, ["induction", "previous-token"], n_samples=n_samples, seed=seed)
     induction, prev = choose_heads(report, max_heads)
-    print("induction heads:", ", ".join(str(r) for r in report["induction"].top(len(induction))))
-    print("previous-token heads:", ", ".join(str(r) for r in report["previous-token"].detected()[:max_heads]))
+    labels = {f"{layer}.{head}" for layer, head in induction + prev}
+    for name in ("induction", "previous-token"):
+        rows = [str(row) for row in report[name].detected() if row.label in labels]
+        print(f"{name} heads analysed: {', '.join(rows) or 'none'}")
     summary: dict[str, Any] = {
         "settings": report.settings,
         "induction_heads": [r._asdict() for r in report["induction"].top(max(len(induction), 5))],

@@ -9,7 +9,10 @@ anti-copying (suppression). The non-zero eigenvalues of ``W_E W_V W_O W_U`` equa
 ``W_O W_U W_E W_V`` (``[d_head, d_head]``), which is what is computed: exact and cheap even for a
 49k-token vocabulary.
 
-Normalization is folded in up to positive scale factors: LayerNorm's centring and the learned
+Token-independent parts are removed first: the mean embedding and the mean unembedding (adding
+the same logit to every token changes no probability). Left in, the one direction all embeddings
+share dominates the spectrum of a large model and survives any shuffling of tokens. Normalization is
+folded in up to positive scale factors: LayerNorm's centring and the learned
 scales of ``ln1`` (before ``W_V``) and ``ln_final`` (before ``W_U``). With grouped-query attention
 each query head reads the value weights of its key/value head (query head ``h`` uses key/value head
 ``h // (n_heads / n_kv_heads)``, the grouping of Llama's ``repeat_kv``).
@@ -69,6 +72,11 @@ def _folded_weights(model: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     w_u = model.W_U.detach().float()
     w_o = model.W_O.detach().float()
     w_v = model.W_V.detach().float()
+    # Token-independent parts carry no copying: the mean embedding, and the mean unembedding (a
+    # logit added to every token changes no probability). Left in, the direction all embeddings
+    # share dominates the spectrum and survives any shuffling of tokens.
+    w_e = w_e - w_e.mean(0, keepdim=True)
+    w_u = w_u - w_u.mean(1, keepdim=True)
     group = int(cfg.n_heads) // w_v.shape[1]
     w_v = w_v.repeat_interleave(group, dim=1)
     if norm in ("LN", "LNPRE"):

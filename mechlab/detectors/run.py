@@ -69,7 +69,16 @@ def run_detectors(
 
     Raises:
         UnknownDetectorError: a name is not installed (the message lists what is).
-        InputError: ``n_samples`` < 2, or ``seq_len`` does not fit the model's context.
+        InputError: ``n_samples`` < 2, ``seq_len`` does not fit the model's context, or a detector
+            is requested twice.
+
+    Example (an untrained toy model has no induction heads):
+
+        >>> import mechlab
+        >>> model = mechlab.load_model("toy:attn-only-2l").model
+        >>> report = mechlab.run_detectors(model, ["induction", "previous-token"], n_samples=4)
+        >>> tuple(report["induction"].scores.shape), report["induction"].detected()
+        ((2, 4), [])
     """
     if n_samples < 2:
         raise InputError(f"n_samples must be at least 2 to give an interval; got {n_samples}.")
@@ -163,6 +172,10 @@ def _resolve(
     wanted: Sequence[str | Detector] = (
         registry.names() if names is None else [names] if isinstance(names, str) else names
     )
+    requested = [item if isinstance(item, str) else item.name for item in wanted]
+    repeated = sorted({name for name in requested if requested.count(name) > 1})
+    if repeated:
+        raise InputError(f"Detector(s) {', '.join(repeated)} requested more than once; name each once.")
     for item in wanted:
         if isinstance(item, str):
             registry.entry(item)  # unknown names fail before anything runs

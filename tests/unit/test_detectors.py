@@ -217,3 +217,5 @@ def test_bad_settings_are_input_errors(attn_only: mechlab.LoadedModel) -> None:
         run_detectors(attn_only.model, ["induction"], n_samples=1)
     with pytest.raises(InputError, match=r"longer than the model's context of 64.*seq_len <= 31"):
         run_detectors(attn_only.model, ["induction"], seq_len=40)
+    with pytest.raises(InputError, match="induction requested more than once"):
+        run_detectors(attn_only.model, ["induction", InductionDetector()])

@@ -57,10 +57,12 @@ def test_training_is_deterministic_silent_and_reports_progress(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     seen: list[mechlab.TrainStep] = []
+    threads = torch.get_num_threads()
     config = mechlab.ToyTrainConfig(steps=6, batch_size=8)
     first = mechlab.train_induction_toy(config, progress=seen.append, log_every=2)
     second = mechlab.train_induction_toy(config)
     assert capsys.readouterr().out == ""
+    assert torch.get_num_threads() == threads  # the trainer's single thread is restored
     assert [s.step for s in seen] == [2, 4, 6] and first.history == seen
     for (name, a), (_, b) in zip(
         first.model.named_parameters(), second.model.named_parameters(), strict=True
@@ -79,13 +81,17 @@ def test_trained_toy_has_the_induction_circuit(induction_toy: mechlab.TrainedToy
     """REFERENCES.md: layer-1 induction heads, a layer-0 previous-token head, ablation collapses it."""
     model = induction_toy.model
     assert induction_toy.final_loss < 0.2
-    report = run_detectors(model, ["induction", "previous-token"], n_samples=16)
+    report = run_detectors(model, ["induction", "previous-token", "copying"], n_samples=16)
     top = report["induction"].top(1)[0]
     assert top.layer == 1 and top.score >= 0.7 and top.verdict == "detected"
     prev = report["previous-token"].detected()
     assert prev and prev[0].layer == 0 and prev[0].score >= 0.5
     layer0 = report["induction"].scores[0]
     assert float(layer0.max()) < 0.05  # REFERENCES: layer-0 induction ≈ 0.002
+    copying = report["copying"]  # induction heads copy what they attend to; the prev head does not
+    assert float(copying.scores[top.layer, top.head]) > 0.9
+    assert (top.layer, top.head) in {(row.layer, row.head) for row in copying.detected()}
+    assert float(copying.scores[prev[0].layer, prev[0].head]) < 0.5
 
     def zero(act: torch.Tensor, site: Site) -> torch.Tensor:
         out = act.clone()
