@@ -96,7 +96,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def induction_toy() -> mechlab.TrainedToy:
-    """toy:attn-only-2l trained on the random layout (the default config: ~40 s on 2 cores)."""
+    """toy:attn-only-2l trained on the random layout (the default config: ~55 s on an idle CPU)."""
     return mechlab.train_induction_toy(mechlab.ToyTrainConfig(layout="random"))
 
 
