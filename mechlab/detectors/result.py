@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeAlias, get_args
 
 import torch
 from jaxtyping import Float
@@ -35,8 +35,8 @@ _PAGE_STYLE = (
     ".mechlab-error{color:#b00}"
 )
 
-Verdict = str
-VERDICTS: tuple[Verdict, ...] = ("detected", "positional", "weak", "chance")
+Verdict: TypeAlias = Literal["detected", "positional", "weak", "chance"]
+VERDICTS: tuple[str, ...] = get_args(Verdict)
 
 
 def t_quantile_975(df: int) -> float:
@@ -147,9 +147,9 @@ class DetectorResult:
         above_chance = score.low > base.high
         strong = score.mean >= self.threshold
         content = torch.ones_like(strong) if control is None else score.low > control.high
-        table = []
+        table: list[list[Verdict]] = []
         for layer in range(score.mean.shape[0]):
-            row = []
+            row: list[Verdict] = []
             for head in range(score.mean.shape[1]):
                 if not above_chance[layer, head]:
                     row.append("chance")
