@@ -38,9 +38,11 @@ notebooks: install
 
 bench: install
 	$(BIN)/python bench/patching.py
+	$(BIN)/python bench/detectors.py
 
 circuits: install
 	$(BIN)/python -m circuits.ioi --model smollm2 --out out/ioi
+	$(BIN)/python -m circuits.induction --model smollm2 --out out/induction
 
 lint: install
 	$(BIN)/ruff check mechlab tests bench circuits

@@ -12,10 +12,25 @@ protocol: hook names like ``blocks.3.attn.hook_z``, ``run_with_cache``, ``run_wi
 """
 
 from mechlab.capture import Activations, MemoryEstimate, capture, estimate_memory
+from mechlab.detectors import (
+    Detector,
+    DetectorRegistry,
+    DetectorReport,
+    DetectorResult,
+    HeadScore,
+    PatternDetector,
+    WeightDetector,
+    repeated_tokens,
+    run_detectors,
+)
+from mechlab.detectors.composition import composition_baseline, composition_score
 from mechlab.errors import (
     BundledModelMissingError,
     CaptureStoreError,
     CorruptModelError,
+    DetectorError,
+    DetectorPluginError,
+    DuplicateDetectorError,
     HookError,
     HubUnreachableError,
     InputError,
@@ -25,6 +40,7 @@ from mechlab.errors import (
     OllamaModelNotFoundError,
     SiteError,
     SourceError,
+    UnknownDetectorError,
     UnsupportedArchitectureError,
     VerificationError,
 )
@@ -56,6 +72,7 @@ from mechlab.models.verify import VerifyReport, verify
 from mechlab.progress import ProgressState, RichProgress, SweepProgress
 from mechlab.shards import CaptureDataset, CaptureProgress, capture_dataset, read_capture
 from mechlab.sites import Site, head_sites, kv_head, layer_sites
+from mechlab.toy import ToyTrainConfig, TrainedToy, TrainStep, train_induction_toy
 from mechlab.types import HookedModel
 
 __version__ = "0.1.0"
@@ -73,7 +90,15 @@ __all__ = [
     "CaptureStoreError",
     "Completion",
     "CorruptModelError",
+    "Detector",
+    "DetectorError",
+    "DetectorPluginError",
+    "DetectorRegistry",
+    "DetectorReport",
+    "DetectorResult",
+    "DuplicateDetectorError",
     "EdgeScores",
+    "HeadScore",
     "HookError",
     "HookedModel",
     "HubUnreachableError",
@@ -89,6 +114,7 @@ __all__ = [
     "ModelNotFoundError",
     "OllamaModelNotFoundError",
     "PatchResult",
+    "PatternDetector",
     "PositionMetric",
     "ProgressState",
     "RichProgress",
@@ -97,9 +123,14 @@ __all__ = [
     "SourceError",
     "Sweep",
     "SweepProgress",
+    "ToyTrainConfig",
+    "TrainStep",
+    "TrainedToy",
+    "UnknownDetectorError",
     "UnsupportedArchitectureError",
     "VerificationError",
     "VerifyReport",
+    "WeightDetector",
     "active_hook_count",
     "agreement",
     "answer_ids",
@@ -107,6 +138,8 @@ __all__ = [
     "cache_dir",
     "capture",
     "capture_dataset",
+    "composition_baseline",
+    "composition_score",
     "eap_ig",
     "encode_prompt",
     "estimate_memory",
@@ -121,6 +154,9 @@ __all__ = [
     "patch",
     "path_patch",
     "read_capture",
+    "repeated_tokens",
+    "run_detectors",
     "save_toy",
+    "train_induction_toy",
     "verify",
 ]

@@ -156,3 +156,32 @@ MSG_PATH_SENDER = (
 MSG_PATH_RECEIVER = (
     "Path patching cannot receive at {site}: {reason} Receivers must be inputs of components: {allowed}."
 )
+
+
+class DetectorError(MechlabError, ValueError):
+    """A detector could not be found, registered, loaded or run."""
+
+
+class UnknownDetectorError(DetectorError):
+    """No installed detector has the requested name."""
+
+
+class DuplicateDetectorError(DetectorError):
+    """Two installed packages register a detector under the same name."""
+
+
+class DetectorPluginError(DetectorError):
+    """A detector plugin failed to load, or its code raised while scoring."""
+
+
+MSG_UNKNOWN_DETECTOR = (
+    "No detector named {name!r}. Installed detectors: {available}.\n"
+    "List them with their providers by `mechlab detectors`; a detector from another package appears "
+    "once that package is installed (it registers under the entry-point group 'mechlab.detectors')."
+)
+
+MSG_DUPLICATE_DETECTOR = (
+    "Two installed packages register a detector named {name!r}: {first} and {second}.\n"
+    "Detector names must be unique. Uninstall one of the two distributions, or ask its author to "
+    'rename the entry point in its pyproject.toml ([project.entry-points."mechlab.detectors"]).'
+)

@@ -6,6 +6,7 @@ connection outside loopback fails the test that made it.
 
 import os
 import socket
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -91,3 +92,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.smollm2)
         if "browser" in item.path.parts:
             item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def induction_toy() -> mechlab.TrainedToy:
+    """toy:attn-only-2l trained on the random layout (the default config: ~55 s on an idle CPU)."""
+    return mechlab.train_induction_toy(mechlab.ToyTrainConfig(layout="random"))
+
+
+@pytest.fixture(scope="session")
+def induction_toy_dir(induction_toy: mechlab.TrainedToy, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``induction_toy`` saved as a checkpoint directory (load it as ``toy:DIR``)."""
+    return induction_toy.save(tmp_path_factory.mktemp("induction-toy"))
+
+
+@pytest.fixture(scope="session")
+def positional_toy() -> mechlab.TrainedToy:
+    """The negative control: the same model trained on the fixed layout (BOS, r, r), 200 steps."""
+    return mechlab.train_induction_toy(mechlab.ToyTrainConfig(layout="fixed", steps=200))

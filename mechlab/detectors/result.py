@@ -1,0 +1,332 @@
+"""Detector results: per-head scores with intervals, the chance baseline, and a verdict per head.
+
+Every score is a mean over independent random sequences; its 95% interval is Student's t interval
+of that mean. A head is *detected* when its score reaches the detector's threshold, its interval
+lies above the shuffled-position baseline's interval (it beats chance), and — for content-dependent
+detectors — above the control's interval (it loses its score when the repeat is broken, so it
+attends by content, not by position). Verdicts: ``detected``, ``positional`` (above threshold and
+chance, but as high without the repeat), ``weak`` (above chance, below threshold), ``chance``.
+"""
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeAlias, get_args
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechlab.detectors.base import SampleScores
+from mechlab.errors import DetectorPluginError
+from mechlab.types import HeadScores
+
+# Two-sided 95% quantiles of Student's t for 1-4 degrees of freedom; beyond, the Cornish-Fisher
+# expansion (Abramowitz & Stegun 26.7.5) is within 0.003 of the exact value.
+_T975_SMALL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
+_Z975 = 1.959964
+
+_PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+    "table.mechlab{border-collapse:collapse;margin:1em 0}"
+    "table.mechlab td,table.mechlab th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+    ".mechlab-error{color:#b00}"
+)
+
+Verdict: TypeAlias = Literal["detected", "positional", "weak", "chance"]
+VERDICTS: tuple[str, ...] = get_args(Verdict)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (half-width factor of a
+    two-sided 95% interval)."""
+    if df < 1:
+        raise ValueError(f"Student's t needs at least 1 degree of freedom; got {df}.")
+    if df in _T975_SMALL:
+        return _T975_SMALL[df]
+    z = _Z975
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
+
+
+class Interval(NamedTuple):
+    """Mean of per-sample scores and its 95% interval (``low == high == mean`` for one sample)."""
+
+    mean: HeadScores
+    low: HeadScores
+    high: HeadScores
+
+
+def mean_interval(samples: Float[Tensor, "sample ..."]) -> Interval:
+    """Mean over the first axis with a two-sided 95% Student-t interval."""
+    n = samples.shape[0]
+    mean = samples.mean(0)
+    if n == 1:
+        return Interval(mean, mean.clone(), mean.clone())
+    half = t_quantile_975(n - 1) * samples.std(0, correction=1) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half)
+
+
+class HeadScore(NamedTuple):
+    """One head's row in a detector result."""
+
+    layer: int
+    head: int
+    score: float
+    low: float
+    high: float
+    baseline: float
+    control: float | None
+    verdict: Verdict
+
+    @property
+    def label(self) -> str:
+        """``"layer.head"``, the usual way to name a head (``"18.6"``)."""
+        return f"{self.layer}.{self.head}"
+
+    def __str__(self) -> str:
+        return f"{self.label} {self.score:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DetectorResult:
+    """What one detector found: per-sequence scores of every head, with baseline and control.
+
+    Attributes:
+        name, description, threshold: from the detector.
+        samples: ``[sample, layer, head]`` scores, one row per random sequence (one row for a
+            weight detector, whose score is exact).
+        baseline_samples: the same for the shuffled-position baseline (chance).
+        control_samples: the same on the control input with the repeat broken (content-dependent
+            detectors only), else ``None``.
+        seq_len, seed: the inputs' random-block length and seed (``seq_len`` 0: weights only).
+    """
+
+    name: str
+    description: str
+    threshold: float
+    samples: SampleScores
+    baseline_samples: Float[Tensor, "null_sample layer head"]
+    control_samples: SampleScores | None
+    seq_len: int
+    seed: int
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def stats(self) -> Interval:
+        """Mean score per head and its 95% interval."""
+        return mean_interval(self.samples)
+
+    @property
+    def scores(self) -> HeadScores:
+        """Mean score per head, ``[layer, head]``."""
+        return self.samples.mean(0)
+
+    @property
+    def baseline(self) -> Interval:
+        """The shuffled-position baseline (what chance scores) per head, with its interval."""
+        return mean_interval(self.baseline_samples)
+
+    @property
+    def control(self) -> Interval | None:
+        """Scores with the repeat broken (content-dependent detectors), with intervals."""
+        return None if self.control_samples is None else mean_interval(self.control_samples)
+
+    def verdicts(self) -> list[list[Verdict]]:
+        """``[layer][head]`` verdicts (see the module docstring)."""
+        score, base, control = self.stats, self.baseline, self.control
+        above_chance = score.low > base.high
+        strong = score.mean >= self.threshold
+        content = torch.ones_like(strong) if control is None else score.low > control.high
+        table: list[list[Verdict]] = []
+        for layer in range(score.mean.shape[0]):
+            row: list[Verdict] = []
+            for head in range(score.mean.shape[1]):
+                if not above_chance[layer, head]:
+                    row.append("chance")
+                elif not strong[layer, head]:
+                    row.append("weak")
+                else:
+                    row.append("detected" if content[layer, head] else "positional")
+            table.append(row)
+        return table
+
+    def rows(self) -> list[HeadScore]:
+        """Every head, sorted by score (highest first)."""
+        score, base, control = self.stats, self.baseline, self.control
+        verdicts = self.verdicts()
+        rows = []
+        for layer, head in torch.cartesian_prod(*(torch.arange(n) for n in score.mean.shape)).tolist():
+            rows.append(
+                HeadScore(
+                    layer=layer,
+                    head=head,
+                    score=float(score.mean[layer, head]),
+                    low=float(score.low[layer, head]),
+                    high=float(score.high[layer, head]),
+                    baseline=float(base.mean[layer, head]),
+                    control=None if control is None else float(control.mean[layer, head]),
+                    verdict=verdicts[layer][head],
+                )
+            )
+        return sorted(rows, key=lambda row: (-row.score, row.layer, row.head))
+
+    def top(self, k: int = 5) -> list[HeadScore]:
+        """The ``k`` highest-scoring heads."""
+        return self.rows()[:k]
+
+    def detected(self) -> list[HeadScore]:
+        """Heads with verdict ``detected``, highest score first."""
+        return [row for row in self.rows() if row.verdict == "detected"]
+
+    def plot(self) -> Any:
+        """A ``[layer, head]`` heatmap of the mean scores (matplotlib Figure)."""
+        from mechlab.render.figures import heatmap
+
+        values = self.scores
+        n_layers, n_heads = values.shape
+        chance = float(self.baseline.mean.mean())
+        return heatmap(
+            values,
+            title=f"{self.name} score per head (chance ≈ {chance:.2f}, n = {self.n_samples})",
+            xlabel="head",
+            ylabel="layer",
+            xticklabels=[str(h) for h in range(n_heads)],
+            yticklabels=[str(layer) for layer in range(n_layers)],
+            colorbar_label=f"{self.name} score",
+            diverging=bool(values.min() < 0),
+            annotate=n_layers * n_heads <= 64,
+        )
+
+    def _repr_html_(self) -> str:
+        from mechlab.render.figures import png_data_uri
+        from mechlab.render.html import escape, image, table
+
+        headers = ["head", "score", "95% interval", "baseline (chance)", "control (no repeat)", "verdict"]
+        body = [
+            [
+                row.label,
+                f"{row.score:.3f}",
+                f"[{row.low:.3f}, {row.high:.3f}]",
+                f"{row.baseline:.3f}",
+                "-" if row.control is None else f"{row.control:.3f}",
+                row.verdict,
+            ]
+            for row in self.top(10)
+        ]
+        found = ", ".join(row.label for row in self.detected()) or "none"
+        return (
+            f'<div class="mechlab-detector"><h3>{escape(self.name)}</h3>'
+            f"<p>{escape(self.description)}. Detected heads (threshold {self.threshold}): "
+            f"{escape(found)}.</p>"
+            + table(headers, body, caption=f"Top heads over {self.n_samples} sample(s)")
+            + image(png_data_uri(self.plot()), alt=f"{self.name} scores per head")
+            + "</div>"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``from_dict`` reads it back)."""
+        control = self.control_samples
+        return {
+            "name": self.name,
+            "description": self.description,
+            "threshold": self.threshold,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "samples": self.samples.tolist(),
+            "baseline_samples": self.baseline_samples.tolist(),
+            "control_samples": None if control is None else control.tolist(),
+            "top": [row._asdict() for row in self.top(10)],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DetectorResult":
+        control = data["control_samples"]
+        return cls(
+            name=data["name"],
+            description=data["description"],
+            threshold=float(data["threshold"]),
+            samples=torch.tensor(data["samples"], dtype=torch.float32),
+            baseline_samples=torch.tensor(data["baseline_samples"], dtype=torch.float32),
+            control_samples=None if control is None else torch.tensor(control, dtype=torch.float32),
+            seq_len=int(data["seq_len"]),
+            seed=int(data["seed"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DetectorReport(Mapping[str, DetectorResult]):
+    """The results of ``run_detectors``, by detector name, plus the detectors that failed.
+
+    ``report["induction"]`` is a ``DetectorResult``; asking for a detector that failed raises
+    ``DetectorPluginError`` with its error. ``failures`` maps each failed detector to its message.
+    """
+
+    results: dict[str, DetectorResult]
+    failures: dict[str, str]
+    settings: dict[str, Any]
+
+    def __getitem__(self, name: str) -> DetectorResult:
+        if name in self.failures:
+            raise DetectorPluginError(self.failures[name])
+        return self.results[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def _repr_html_(self) -> str:
+        from mechlab.render.html import escape
+
+        failed = "".join(
+            f'<p class="mechlab-error"><b>{escape(name)} failed:</b> {escape(message)}</p>'
+            for name, message in self.failures.items()
+        )
+        return failed + "".join(result._repr_html_() for result in self.results.values())
+
+    def html_page(self, title: str = "mechlab detectors") -> str:
+        """A standalone offline HTML page with every result (figures inlined as PNG data URIs)."""
+        from mechlab.render.html import escape
+
+        settings = ", ".join(f"{key} {value}" for key, value in self.settings.items())
+        return (
+            f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{_PAGE_STYLE}</style></head><body><h1>{escape(title)}</h1>"
+            f"<p>{escape(settings)}</p>{self._repr_html_()}</body></html>"
+        )
+
+    def save_html(self, path: Path | str, *, title: str = "mechlab detectors") -> Path:
+        """Write ``html_page(title)`` to ``path`` atomically."""
+        from mechlab.render.html import atomic_write
+
+        return atomic_write(Path(path), self.html_page(title))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "results": {name: result.to_dict() for name, result in self.results.items()},
+            "failures": self.failures,
+        }
+
+    def save(self, path: Path | str) -> Path:
+        """Write the report as JSON (atomically); ``DetectorReport.load`` reads it back."""
+        from mechlab.render.html import atomic_write
+
+        return atomic_write(Path(path), json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path | str) -> "DetectorReport":
+        data = json.loads(Path(path).read_text())
+        results = {name: DetectorResult.from_dict(item) for name, item in data["results"].items()}
+        return cls(results=results, failures=dict(data["failures"]), settings=dict(data["settings"]))

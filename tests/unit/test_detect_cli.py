@@ -1,0 +1,53 @@
+"""The detect, detectors and train-toy commands."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import mechlab
+from mechlab import cli
+
+
+def test_detectors_lists_builtins_with_provider(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["detectors"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "induction",
+        "previous-token",
+        "duplicate-token",
+        "attention-sink",
+        "current-token",
+        "copying",
+    ):
+        assert name in out
+    assert "mechlab" in out
+
+
+def test_detect_on_the_trained_toy(
+    induction_toy_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    html, data = tmp_path / "report.html", tmp_path / "report.json"
+    argv = ["detect", f"toy:{induction_toy_dir}", "--detector", "induction", "--detector", "previous-token"]
+    assert cli.main([*argv, "--top", "3", "--html", str(html), "--json", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "95% interval" in out and "detected" in out
+    saved = json.loads(data.read_text())
+    top = saved["results"]["induction"]["top"][0]
+    assert top["layer"] == 1 and top["verdict"] == "detected"
+    assert f"{top['layer']}.{top['head']}" in out
+    assert html.read_text().startswith("<!doctype html>")
+
+
+def test_detect_unknown_detector_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["detect", "toy:attn-only-2l", "--detector", "inducton"]) == 2
+    err = capsys.readouterr().err
+    assert "UnknownDetectorError" in err and "No detector named 'inducton'" in err
+
+
+def test_train_toy_writes_a_loadable_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "toy"
+    assert cli.main(["train-toy", str(out_dir), "--steps", "4", "--batch-size", "4"]) == 0
+    assert f"toy:{out_dir}" in capsys.readouterr().out
+    loaded = mechlab.load_model(f"toy:{out_dir}")
+    assert loaded.info.n_layers == 2 and (out_dir / "training.json").is_file()
