@@ -47,7 +47,9 @@ def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
         elif args.method == "gxi":
             result = gradient_x_input(model, tokens, target, baseline=baseline)
         else:
-            result = occlusion(model, tokens, target)
+            result = occlusion(
+                model, tokens, target, replacement=baseline if baseline not in ("zeros", "mean") else "."
+            )
     bound = float(result.scores.abs().max())
     table = Table(title=f"{escape(result.summary())}", title_justify="left")
     for name, justify in (("pos", "right"), ("token", "left"), ("attribution", "right"), ("", "left")):
@@ -167,7 +169,11 @@ def add_explain_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> N
     p.add_argument("--contrast", help="explain logit(target) − logit(contrast) instead, e.g. ' he'")
     p.add_argument("--method", choices=["ig", "gxi", "occlusion"], default="ig")
     p.add_argument("--metric", choices=["logprob", "logit", "prob"], default="logprob")
-    p.add_argument("--baseline", default="pad", help="pad (default), zeros, or a token id")
+    p.add_argument(
+        "--baseline",
+        default=".",
+        help="IG/gxi baseline: a token ('.' default), a token id, pad, mean or zeros",
+    )
     p.add_argument("--steps", type=int, default=128, help="gradient evaluations IG may spend")
     p.add_argument("--pos", type=int, default=-1, help="output position to explain (default: last)")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")

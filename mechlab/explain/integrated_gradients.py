@@ -12,9 +12,17 @@ passes and places Gauss–Legendre nodes where its estimate of each stretch is o
 within ``tolerance`` (``mechlab.explain.path_integral``); fixed Gauss–Legendre and Riemann rules are
 there too. Every result reports its completeness error.
 
-The baseline is the embedding of the pad (or end-of-sequence) token at every position
-(``"pad"``), all-zero embeddings (``"zeros"``), a token id, or a tensor. Positional information is
-not attributed: only the token-embedding hook (``Site("embed")``) is interpolated.
+The baseline is an input that carries no evidence. By default it is the prompt with every token
+replaced by ``"."``: real, frequent embeddings of ordinary norm, with no content. Alternatives are
+any other token, ``"pad"`` (the pad / end-of-sequence token — for chat models an end-of-turn marker,
+which is not neutral), ``"mean"`` (the mean token embedding), ``"zeros"`` or a tensor. The choice
+changes the answer, because IG explains ``F(x) - F(baseline)``: on SmolLM2, "The nurse was tired
+because" → " she" vs " he" gives " nurse" the largest share with the "." baseline (+1.56 of a total 1.35)
+but a negative one with the pad baseline, where " because" takes most of the credit (F(pad) =
+-2.1: after end-of-turn tokens the model prefers " he"). With "." the top words are "Eiffel" for
+"… the city of" → " Paris", "Mary" for the IOI prompt, "Germany" for "The capital of Germany is".
+Positional information is not attributed: only the token-embedding hook (``Site("embed")``) is
+interpolated.
 
 The first token is held at its real embedding by default (``keep_first=True``; its score is 0). It
 is the model's attention sink — BOS where the model prepends one, the first word where it does not
@@ -47,12 +55,21 @@ from mechlab.explain.path_integral import (
     target_value,
 )
 from mechlab.explain.quadrature import QUADRATURES, Quadrature
-from mechlab.explain.targets import Target, TargetSpec, as_tokens, resolve_target, str_tokens
+from mechlab.explain.targets import (
+    Target,
+    TargetSpec,
+    as_tokens,
+    resolve_target,
+    single_token,
+    str_tokens,
+    token_text,
+)
 from mechlab.sites import Site, validate
 from mechlab.types import HookedModel, Tokens
 
 Baseline = str | int | Tensor
 
+DEFAULT_BASELINE = "."
 DEFAULT_STEPS = 128
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_TOLERANCE = 0.01
@@ -70,35 +87,40 @@ def pad_token_id(model: HookedModel) -> int:
     raise InputError("The tokenizer has no pad, end-of-sequence or unknown token; pass baseline='zeros'.")
 
 
+def _tensor_baseline(baseline: Tensor, x_emb: Tensor) -> Tensor:
+    if baseline.numel() != x_emb.numel():
+        raise InputError(
+            f"A tensor baseline must hold the prompt's embeddings, shape {tuple(x_emb.shape[1:])} "
+            f"(or {tuple(x_emb.shape)}); got {tuple(baseline.shape)}."
+        )
+    return baseline.detach().to(device=x_emb.device, dtype=x_emb.dtype).reshape(x_emb.shape)
+
+
 def embedding_baseline(
     model: HookedModel, tokens: Tokens, baseline: Baseline, *, keep_first: bool = True
 ) -> tuple[Tensor, str]:
     """The baseline's token embeddings ``[1, pos, d_model]`` and a short description.
 
-    With ``keep_first`` the first position takes the prompt's own embedding (see the module doc).
+    ``baseline`` is a token (text such as ``"."``, or an id) repeated at every position, ``"pad"``
+    (the pad / end-of-sequence token), ``"mean"`` (the mean row of ``W_E``), ``"zeros"``, or a
+    tensor of embeddings. With ``keep_first`` the first position keeps the prompt's own embedding.
     """
     embed = Site("embed")
     x_emb = capture(model, tokens, embed)
     if isinstance(baseline, Tensor):
-        b_emb = (
-            baseline.detach().to(x_emb.dtype).reshape(x_emb.shape)
-            if baseline.numel() == x_emb.numel()
-            else None
-        )
-        if b_emb is None:
-            raise InputError(
-                f"A tensor baseline must hold the prompt's embeddings, shape {tuple(x_emb.shape[1:])} "
-                f"(or {tuple(x_emb.shape)}); got {tuple(baseline.shape)}."
-            )
-        label = "tensor"
+        b_emb, label = _tensor_baseline(baseline, x_emb), "tensor"
     elif baseline == "zeros":
         b_emb, label = torch.zeros_like(x_emb), "zeros"
-    elif baseline == "pad" or isinstance(baseline, int):
-        token_id = pad_token_id(model) if baseline == "pad" else int(baseline)
-        b_emb = capture(model, torch.full_like(tokens, token_id), embed)
-        label = "pad" if baseline == "pad" else f"token {token_id}"
+    elif baseline == "mean":
+        w_e: Tensor = model.W_E  # type: ignore[attr-defined]
+        b_emb, label = w_e.detach().mean(0).to(x_emb.dtype).expand_as(x_emb).clone(), "mean embedding"
     else:
-        raise InputError(f"baseline must be 'pad', 'zeros', a token id or a tensor; got {baseline!r}.")
+        if baseline == "pad":
+            token_id, label = pad_token_id(model), "pad"
+        else:
+            token_id = single_token(model, baseline, what="baseline token")
+            label = f"{token_text(model, token_id)!r}"
+        b_emb = capture(model, torch.full_like(tokens, token_id), embed)
     if keep_first:
         b_emb = b_emb.clone()
         b_emb[:, 0] = x_emb[:, 0]
@@ -151,7 +173,7 @@ def integrated_gradients(
     tokens: str | Tensor,
     target: TargetSpec,
     *,
-    baseline: Baseline = "pad",
+    baseline: Baseline = DEFAULT_BASELINE,
     steps: int = DEFAULT_STEPS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     rule: Quadrature = "adaptive",
@@ -164,7 +186,8 @@ def integrated_gradients(
         model: a hooked model.
         tokens: one prompt, as text or ``[pos]`` / ``[1, pos]`` token ids.
         target: a ``Target`` (see ``make_target``), any metric, or a token (its log-prob).
-        baseline: ``"pad"``, ``"zeros"``, a token id, or embeddings ``[pos, d_model]``.
+        baseline: a token repeated at every position (text, default ``"."``, or an id),
+            ``"pad"``, ``"mean"``, ``"zeros"``, or embeddings ``[pos, d_model]`` (module doc).
         steps: gradient evaluations: the budget of the ``adaptive`` rule (it stops once within
             ``tolerance``), the node count of the fixed rules.
         batch_size: nodes per forward/backward pass (memory ∝ batch_size × pos).
@@ -193,7 +216,7 @@ def gradient_x_input(
     tokens: str | Tensor,
     target: TargetSpec,
     *,
-    baseline: Baseline = "pad",
+    baseline: Baseline = DEFAULT_BASELINE,
     keep_first: bool = True,
 ) -> Attribution:
     """``(x - x') · ∂F/∂x`` at the input: one gradient, the cheapest attribution (zeros baseline
@@ -239,7 +262,7 @@ def layer_integrated_gradients(
     target: TargetSpec,
     site: Site,
     *,
-    baseline: Baseline = "pad",
+    baseline: Baseline = DEFAULT_BASELINE,
     steps: int = DEFAULT_STEPS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     rule: Quadrature = "adaptive",
@@ -248,9 +271,9 @@ def layer_integrated_gradients(
 ) -> Attribution:
     """Integrated Gradients on the activation at ``site`` (layer IG).
 
-    The path runs from the activation the baseline *input* produces at ``site`` (``"pad"``,
-    ``"zeros"`` or a token id, as for ``integrated_gradients``; ``keep_first`` applies to that
-    input), or from a tensor of the activation's shape, to the prompt's activation. A site with
+    The path runs from the activation the baseline *input* produces at ``site`` (a token,
+    ``"pad"``, ``"mean"`` or ``"zeros"``, as for ``integrated_gradients``; ``keep_first`` applies
+    to that input), or from a tensor of the activation's shape, to the prompt's activation. A site with
     ``head`` or ``pos`` interpolates only that slice; the rest stays at the prompt's values.
 
     Returns:

@@ -1,6 +1,6 @@
 """Occlusion: how much the target falls when one token is taken away.
 
-For each position ``i`` the prompt is run with token ``i`` replaced (by the pad token, or any
+For each position ``i`` the prompt is run with token ``i`` replaced (by ``"."``, or any other
 token) or dropped, and the score is ``F(x) - F(x without token i)``. It needs no gradients and is
 easy to explain, but it measures one token at a time: two tokens that each suffice on their own
 (a name said twice) both score low. All variants of a prompt run batched.
@@ -14,7 +14,7 @@ from torch import Tensor
 from mechlab.errors import InputError
 from mechlab.explain.attribution import Attribution
 from mechlab.explain.integrated_gradients import DEFAULT_BATCH_SIZE, pad_token_id
-from mechlab.explain.targets import TargetSpec, as_tokens, resolve_target, str_tokens
+from mechlab.explain.targets import TargetSpec, as_tokens, resolve_target, single_token, str_tokens
 from mechlab.types import HookedModel
 
 OcclusionMode = Literal["replace", "drop"]
@@ -27,13 +27,14 @@ def occlusion(
     target: TargetSpec,
     *,
     mode: OcclusionMode = "replace",
-    replacement: int | None = None,
+    replacement: str | int = ".",
     batch_size: int = DEFAULT_BATCH_SIZE,
     keep_first: bool = True,
 ) -> Attribution:
     """``F(x) - F(x with token i occluded)`` for every position ``i``.
 
-    ``mode="replace"`` swaps token ``i`` for ``replacement`` (default: the pad token); ``"drop"``
+    ``mode="replace"`` swaps token ``i`` for ``replacement`` (a token text or id, default ``"."``;
+    ``"pad"`` for the pad token); ``"drop"``
     deletes it (the prompt gets one token shorter; the target must read the last position). With
     ``keep_first`` the first token (the attention sink) is never occluded and scores 0.
     """
@@ -46,7 +47,11 @@ def occlusion(
     n = toks.shape[1]
     positions = torch.arange(int(keep_first), n)
     if mode == "replace":
-        token_id = pad_token_id(model) if replacement is None else int(replacement)
+        token_id = (
+            pad_token_id(model)
+            if replacement == "pad"
+            else single_token(model, replacement, what="replacement")
+        )
         variants = toks.repeat(len(positions), 1)
         variants[torch.arange(len(positions)), positions] = token_id
         detail = f"each token replaced by {token_id} ({str_tokens(model, torch.tensor([token_id]))[0]!r})"
