@@ -20,8 +20,8 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlab.capture import capture
 from mechlab.errors import InputError
-from mechlab.explain._cache import run_sites
 from mechlab.explain.targets import as_tokens, str_tokens
 from mechlab.render.figures import png_bytes
 from mechlab.render.html import atomic_write
@@ -164,6 +164,6 @@ def attention_view(
     toks = as_tokens(model, tokens)
     pairs = _select(model, layers, heads)
     sites = [Site("pattern", layer) for layer in dict.fromkeys(layer for layer, _ in pairs)]
-    _, acts = run_sites(model, toks, sites)
+    acts = capture(model, toks, sites, logits=False)
     patterns = torch.stack([acts[Site("pattern", layer)][0, head] for layer, head in pairs]).float()
     return AttentionView(toks, str_tokens(model, toks), tuple(pairs), patterns)

@@ -28,8 +28,8 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlab.capture import capture
 from mechlab.errors import InputError
-from mechlab.explain._cache import run_sites
 from mechlab.explain.targets import Target, as_tokens, make_target, str_tokens
 from mechlab.render.figures import heatmap
 from mechlab.render.page import Page
@@ -224,7 +224,9 @@ def direct_logit_attribution(
     where = goal.pos % toks.shape[1]
     direction, b_u = _direction(model, goal)
     sites = _sites(model)
-    logits, acts = run_sites(model, toks, [s for group in sites.values() for s in group])
+    acts = capture(model, toks, [s for group in sites.values() for s in group])
+    logits = acts.logits
+    assert logits is not None  # capture(..., logits=True) keeps them
     scale = acts[sites["scale"][0]][0, where, 0].float() if sites["scale"] else torch.tensor(1.0)
     norm = _FrozenNorm(model, scale, direction)
 

@@ -48,7 +48,7 @@ from torch import Tensor
 from mechlab.errors import MSG_NO_PAD_TOKEN, InputError
 from mechlab.explain.attribution import Attribution
 from mechlab.explain.path_integral import (
-    capture,
+    activation_at,
     model_function,
     node_gradients,
     path_integral,
@@ -106,7 +106,7 @@ def embedding_baseline(
     tensor of embeddings. With ``keep_first`` the first position keeps the prompt's own embedding.
     """
     embed = Site("embed")
-    x_emb = capture(model, tokens, embed)
+    x_emb = activation_at(model, tokens, embed)
     if isinstance(baseline, Tensor):
         b_emb, label = _tensor_baseline(baseline, x_emb), "tensor"
     elif baseline == "zeros":
@@ -120,7 +120,7 @@ def embedding_baseline(
         else:
             token_id = single_token(model, baseline, what="baseline token")
             label = f"{token_text(model, token_id)!r}"
-        b_emb = capture(model, torch.full_like(tokens, token_id), embed)
+        b_emb = activation_at(model, torch.full_like(tokens, token_id), embed)
     if keep_first:
         b_emb = b_emb.clone()
         b_emb[:, 0] = x_emb[:, 0]
@@ -205,7 +205,7 @@ def integrated_gradients(
     embed = Site("embed")
     b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first)
     options = dict(steps=steps, batch_size=batch_size, rule=rule, tolerance=tolerance)
-    acts = (capture(model, toks, embed), b_emb)
+    acts = (activation_at(model, toks, embed), b_emb)
     return _attribute(
         model, toks, goal, embed, acts, method="integrated_gradients", label=label, options=options
     )
@@ -225,7 +225,7 @@ def gradient_x_input(
     goal = resolve_target(model, target)
     embed = Site("embed")
     b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first)
-    x_emb = capture(model, toks, embed)
+    x_emb = activation_at(model, toks, embed)
     one = torch.ones(1, dtype=torch.float64)
     fn = model_function(model, toks, goal, embed)
     grad = node_gradients(fn, x_emb, b_emb, (one, one, torch.zeros(1, dtype=torch.long)), 1, 1)
@@ -253,7 +253,7 @@ def _site_baseline(
             )
         return baseline.detach().to(x_act.dtype).reshape(x_act.shape), "tensor"
     b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first)
-    return capture(model, toks, site, {Site("embed"): b_emb}), label
+    return activation_at(model, toks, site, {Site("embed"): b_emb}), label
 
 
 def layer_integrated_gradients(
@@ -285,7 +285,7 @@ def layer_integrated_gradients(
     goal = resolve_target(model, target)
     site = validate(site, model)
     whole = Site(site.kind, site.layer)
-    x_act = capture(model, toks, whole)
+    x_act = activation_at(model, toks, whole)
     b_full, label = _site_baseline(model, toks, whole, x_act, baseline, keep_first)
     b_act = x_act.clone()
     b_act[site.index(x_act)] = b_full[site.index(x_act)]

@@ -31,8 +31,8 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlab.capture import capture
 from mechlab.errors import InputError
-from mechlab.explain._cache import run_sites
 from mechlab.explain.targets import as_tokens, single_token, str_tokens, token_text
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
@@ -144,7 +144,9 @@ def logit_lens(
     toks = as_tokens(model, tokens)
     where = _resolve_pos(pos, toks.shape[1])
     sites = [*layer_sites(model, "resid_pre"), Site("resid_post", model.cfg.n_layers - 1)]
-    logits, acts = run_sites(model, toks, sites)
+    acts = capture(model, toks, sites)
+    logits = acts.logits
+    assert logits is not None  # capture(..., logits=True) keeps them
     stack = torch.stack([acts[s][0, where] for s in sites])
     with torch.no_grad():
         read = logit_readout(model, stack).values.float()

@@ -41,7 +41,7 @@ def constant(value: Tensor) -> Callable[[Tensor, Site], Tensor]:
 
 
 @torch.no_grad()
-def capture(
+def activation_at(
     model: HookedModel, tokens: Tokens, site: Site, replace: dict[Site, Tensor] | None = None
 ) -> Tensor:
     """A copy of the activation at ``site`` on ``tokens`` (optionally with other sites replaced)."""

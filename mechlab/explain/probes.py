@@ -108,10 +108,10 @@ class ProbeResult:
                 "selectivity": self.selectivity,
                 "majority class": torch.full((len(self.layers),), self.majority),
             },
-            title=f"Linear probes on {self.site_kind} ({self.position}): {self.dataset}",
+            title=f"Linear probes: {self.site_kind} at the {self.position} position",
             xlabel="layer",
             ylabel="accuracy",
-            x=list(self.layers),
+            x=[float(layer) for layer in self.layers],
         )
 
     def add_to(self, page: Page, *, title: str = "Probing classifiers") -> Page:
@@ -176,6 +176,9 @@ def collect_activations(
         for e, t, w in zip(encoded, texts, words or texts, strict=True)
     ]
     names = [s.hook_name for s in sites]
+    # Blocks after the deepest probed layer (and the unembedding) are not needed.
+    deepest = max(s.layer or 0 for s in sites) + 1
+    stop = deepest if deepest < int(model.cfg.n_layers) else None
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = encoded[start : start + batch_size]
@@ -183,7 +186,7 @@ def collect_activations(
         batch = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
         for i, e in enumerate(chunk):
             batch[i, : len(e)] = e
-        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=names)
+        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=names, stop_at_layer=stop)
         acts = torch.stack([cache[n].float().cpu() for n in names])  # [layer batch pos d_model]
         if position == "mean":
             # The first token is the attention sink, with activations orders of magnitude larger.

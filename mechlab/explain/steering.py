@@ -89,7 +89,7 @@ def steer(
     direction: Float[Tensor, " d_model"],
     target: TargetSpec,
     *,
-    scales: Sequence[float] = DEFAULT_SCALES,
+    scales: Sequence[int | float] = DEFAULT_SCALES,
     unit: float = 1.0,
 ) -> SteeringResult:
     """The target with ``s · unit · u`` added at ``site`` (every position) for each ``s``, and with
@@ -135,7 +135,7 @@ def steer_with_probe(
     layer: int,
     target: TargetSpec,
     *,
-    scales: Sequence[float] = DEFAULT_SCALES,
+    scales: Sequence[int | float] = DEFAULT_SCALES,
 ) -> SteeringResult:
     """Steer along a binary probe's direction at ``layer`` (toward its second class for ``s > 0``),
     in units of the training activations' spread along it."""
