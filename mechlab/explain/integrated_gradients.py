@@ -17,7 +17,7 @@ replaced by ``"."``: real, frequent embeddings of ordinary norm, with no content
 any other token, ``"pad"`` (the pad / end-of-sequence token — for chat models an end-of-turn marker,
 which is not neutral), ``"mean"`` (the mean token embedding), ``"zeros"`` or a tensor. The choice
 changes the answer, because IG explains ``F(x) - F(baseline)``: on SmolLM2, "The nurse was tired
-because" → " she" vs " he" gives " nurse" the largest share with the "." baseline (+1.56 of a total 1.35)
+because" → " she" vs " he" gives " nurse" the largest share with the "." baseline (+1.57 of a total 1.34)
 but a negative one with the pad baseline, where " because" takes most of the credit (F(pad) =
 -2.1: after end-of-turn tokens the model prefers " he"). With "." the top words are "Eiffel" for
 "… the city of" → " Paris", "Mary" for the IOI prompt, "Germany" for "The capital of Germany is".
@@ -27,9 +27,10 @@ interpolated.
 The first token is held at its real embedding by default (``keep_first=True``; its score is 0). It
 is the model's attention sink — BOS where the model prepends one, the first word where it does not
 (SmolLM2) — and the residual stream there carries very large activations that switch on and off
-along the path when its embedding is interpolated. That makes the integrand rough: on SmolLM2 with
-the pad baseline, the completeness error at 32 Gauss–Legendre steps is ~200% when the first token is
-interpolated and ~1% when it is held (``python -m bench.ig_completeness``). All-zero embeddings are a poor
+along the path when its embedding is interpolated. That makes the integrand rough: on SmolLM2
+(Gauss–Legendre, 32 steps, "." baseline) the completeness error is 136% on the IOI prompt and 1030%
+on "The nurse was tired because" when the first token is interpolated, 1.0% and 6.9% when it is held
+(``python -m bench.ig_completeness``). All-zero embeddings are a poor
 baseline for RMSNorm models: the norm erases scale, so ``F`` barely moves until ``α`` is ~1e-3 and
 then jumps, which no quadrature resolves.
 
