@@ -188,7 +188,7 @@ MSG_DUPLICATE_DETECTOR = (
 
 MSG_NOT_ONE_TOKEN = (
     "The {what} {text!r} is not one token: this model's tokenizer splits it into {n} tokens "
-    "{pieces}. An attribution target must be a single next token.\n{suggestions}"
+    "{pieces}, and a {what} must be a single token.\n{suggestions}"
 )
 
 MSG_NO_PAD_TOKEN = (
