@@ -185,3 +185,13 @@ MSG_DUPLICATE_DETECTOR = (
     "Detector names must be unique. Uninstall one of the two distributions, or ask its author to "
     'rename the entry point in its pyproject.toml ([project.entry-points."mechlab.detectors"]).'
 )
+
+MSG_NOT_ONE_TOKEN = (
+    "The {what} {text!r} is not one token: this model's tokenizer splits it into {n} tokens "
+    "{pieces}, and a {what} must be a single token.\n{suggestions}"
+)
+
+MSG_NO_PAD_TOKEN = (
+    "baseline='pad' needs the model's pad (or end-of-sequence) token, and this model has no "
+    "tokenizer. Pass baseline='zeros' (all-zero embeddings) or a token id, e.g. baseline=0."
+)
