@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mechlab.explain.quadrature import Quadrature, allocate, gauss_legendre, quadrature
 from mechlab.explain.targets import Target
-from mechlab.interventions.hooks import hooked
+from mechlab.interventions.hooks import hooked, recorder
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens
 
@@ -40,23 +40,33 @@ def constant(value: Tensor) -> Callable[[Tensor, Site], Tensor]:
     return fn
 
 
+def _stop_layer(site: Site) -> int | None:
+    """The block after which ``site`` has been computed (``None``: it needs the whole model)."""
+    if site.kind == "embed":
+        return 0
+    return None if site.layer is None else site.layer + 1
+
+
 @torch.no_grad()
 def activation_at(
     model: HookedModel, tokens: Tokens, site: Site, replace: dict[Site, Tensor] | None = None
 ) -> Tensor:
-    """A copy of the activation at ``site`` on ``tokens`` (optionally with other sites replaced)."""
-    seen: dict[str, Tensor] = {}
+    """A copy of the activation at ``site`` on ``tokens`` (optionally with upstream sites replaced).
 
-    def keep(act: Tensor, hook_site: Site) -> None:
-        seen["act"] = act.detach().clone()
-
+    The forward pass stops at the block after ``site`` (at the embedding for ``Site("embed")``).
+    """
+    seen: dict[Site, Tensor] = {}
     spec: list[tuple[Site, Callable[[Tensor, Site], Tensor | None]]] = [
         (s, constant(v)) for s, v in (replace or {}).items()
     ]
-    spec.append((site, keep))
+    spec.append((site, recorder(seen)))
+    stop = _stop_layer(site)
     with hooked(model, spec):
-        model(tokens)
-    return seen["act"]
+        if stop is None or stop >= int(model.cfg.n_layers):
+            model(tokens)
+        else:
+            model(tokens, stop_at_layer=stop)
+    return seen[site]
 
 
 def target_value(model: HookedModel, tokens: Tokens, target: Target, replace: dict[Site, Tensor]) -> float:

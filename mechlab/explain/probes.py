@@ -170,6 +170,13 @@ def collect_activations(
     """
     if position == "word" and words is None:
         raise InputError("position='word' needs a dataset with a word column; use 'last' or 'mean'.")
+    if not sites:
+        raise InputError("No layers to probe: pass layers=None (all) or a non-empty list of layers.")
+    if getattr(model, "tokenizer", None) is None and any(isinstance(t, str) for t in texts):
+        raise InputError(
+            "This model has no tokenizer, so it cannot read text: give the texts as token-id tensors "
+            "(collect_activations + fit_probes), or load a model with a tokenizer."
+        )
     encoded = [t.reshape(-1) if isinstance(t, Tensor) else model.to_tokens(t)[0] for t in texts]
     where = [
         len(e) - 1 if position != "word" else word_position(model, t, w)  # type: ignore[arg-type]
@@ -240,7 +247,7 @@ def fit_logistic(
     return weights.detach(), bias.detach()
 
 
-_VECTOR_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_pre", "mlp_post")
+VECTOR_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_pre", "mlp_post")
 
 
 def _control_keys(model: HookedModel, dataset: ProbeDataset, position: str) -> tuple[str, ...]:
@@ -323,6 +330,11 @@ def fit_probes(
     y_control = control_labels(control_keys, y, len(classes), config.seed)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))
     n_test = max(1, round(config.test_fraction * len(y)))
+    if len(y) - n_test < len(classes):
+        raise InputError(
+            f"{len(y)} texts with test_fraction={config.test_fraction} leave {len(y) - n_test} for "
+            f"training, fewer than the {len(classes)} classes; give more texts or a smaller test_fraction."
+        )
     split = (order[:n_test], order[n_test:])
     rows = [_fit_layer(f.float(), y, y_control, split, len(classes), config.weight_decay) for f in features]
     train = split[1]
@@ -370,9 +382,9 @@ def train_probes(
             control task requires), L2 penalty on standardised features, seed.
         batch_size: texts per forward pass while caching activations.
     """
-    if site_kind not in _VECTOR_KINDS:
+    if site_kind not in VECTOR_KINDS:
         raise InputError(
-            f"Probes read one vector per token; site_kind must be one of {', '.join(_VECTOR_KINDS)}."
+            f"Probes read one vector per token; site_kind must be one of {', '.join(VECTOR_KINDS)}."
         )
     position = position or "last"
     if position not in POSITIONS:

@@ -175,6 +175,27 @@ def make_target(
     return Target(_METRICS[kind](answer, pos), f"{kind}({name}){where}", answer, None, kind, pos)
 
 
+def resolve_pos(pos: int, n_pos: int, *, what: str = "Asked for position") -> int:
+    """``pos`` as a non-negative index into a prompt of ``n_pos`` tokens.
+
+    Raises:
+        InputError: ``pos`` lies outside the prompt.
+    """
+    if not -n_pos <= pos < n_pos:
+        raise InputError(
+            f"{what} {pos}, but the prompt has {n_pos} tokens (valid positions: {-n_pos}..{n_pos - 1}; "
+            "-1 is the last token, whose logits predict the next token)."
+        )
+    return pos % n_pos
+
+
+def prompt_target(model: HookedModel, tokens: Tokens, target: TargetSpec) -> Target:
+    """``resolve_target``, checked against the prompt: its position must lie inside it."""
+    goal = resolve_target(model, target)
+    resolve_pos(goal.pos, int(tokens.shape[-1]), what=f"The target {goal.label} reads position")
+    return goal
+
+
 def resolve_target(model: HookedModel, target: TargetSpec) -> Target:
     """Accept a ``Target``, any metric callable, or a token (its log-prob at the last position)."""
     if isinstance(target, Target):
