@@ -268,7 +268,7 @@ def _site_baseline(
                 f"A tensor baseline for layer IG holds the activation at {site}, shape "
                 f"{tuple(x_act.shape[1:])}; got {tuple(baseline.shape)}."
             )
-        return baseline.detach().to(x_act.dtype).reshape(x_act.shape), "tensor"
+        return baseline.detach().to(device=x_act.device, dtype=x_act.dtype).reshape(x_act.shape), "tensor"
     b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first)
     return activation_at(model, toks, site, {Site("embed"): b_emb}), label
 
