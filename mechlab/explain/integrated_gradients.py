@@ -170,15 +170,17 @@ def _attribute(
 ) -> Attribution:
     x_act, b_act = acts
     fn = model_function(model, toks, goal, site)
-    elementwise, used, note = path_integral(fn, x_act, b_act, **options)
+    value = target_value(model, toks, goal, {})
+    baseline_value = target_value(model, toks, goal, {site: b_act})
+    elementwise, used, note = path_integral(fn, x_act, b_act, ends=(baseline_value, value), **options)
     return Attribution(
         method=method,
         tokens=toks,
         str_tokens=str_tokens(model, toks),
         scores=elementwise.sum(-1).float().cpu(),
         target=goal.label,
-        value=target_value(model, toks, goal, {}),
-        baseline_value=target_value(model, toks, goal, {site: b_act}),
+        value=value,
+        baseline_value=baseline_value,
         baseline=label,
         steps=used,
         site=shown or site,

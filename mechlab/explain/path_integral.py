@@ -150,12 +150,26 @@ def _refine(errors: Tensor, counts: Tensor, room: int, batch_size: int) -> list[
 
 
 def adaptive_integral(
-    fn: Scalar, x_act: Tensor, b_act: Tensor, *, steps: int, batch_size: int, tolerance: float
+    fn: Scalar,
+    x_act: Tensor,
+    b_act: Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    tolerance: float,
+    ends: tuple[float, float] | None = None,
 ) -> tuple[Tensor, int, str]:
-    """The error-controlled integral (see the module doc): ``(Σ_k w_k ∂F/∂a, nodes used, note)``."""
+    """The error-controlled integral (see the module doc): ``(Σ_k w_k ∂F/∂a, nodes used, note)``.
+
+    ``ends`` are ``(F(b), F(x))`` if the caller has them; then only interior points are probed.
+    """
     n_cells = max(1, min(PROBE_CELLS, steps // 2))
     grid = torch.linspace(0, 1, n_cells + 1, dtype=torch.float64)
-    values = path_values(fn, x_act, b_act, grid, batch_size)
+    if ends is None:
+        values = path_values(fn, x_act, b_act, grid, batch_size)
+    else:
+        inner = path_values(fn, x_act, b_act, grid[1:-1], batch_size)
+        values = torch.cat([torch.tensor([ends[0]]), inner, torch.tensor([ends[1]])]).double()
     exact = values[1:] - values[:-1]
     gap = float(values[-1] - values[0]) or 1e-12
     direction = (x_act[0] - b_act[0]).double()
@@ -190,10 +204,12 @@ def path_integral(
     batch_size: int,
     rule: Quadrature,
     tolerance: float,
+    ends: tuple[float, float] | None = None,
 ) -> tuple[Tensor, int, str]:
     """``((x - b) · ∫ ∂F/∂a dα`` elementwise ``[*act]``, gradient evaluations, a note on the rule).
 
-    ``x_act`` and ``b_act`` are ``[1, *act]``; ``fn`` maps ``[n, *act]`` to ``[n]``.
+    ``x_act`` and ``b_act`` are ``[1, *act]``; ``fn`` maps ``[n, *act]`` to ``[n]``; ``ends``
+    optionally gives ``(F(b), F(x))`` (the adaptive rule then skips probing them).
 
     >>> relu = torch.relu  # Sundararajan et al.'s example: F = relu(relu(x1) - 1 - relu(x2))
     >>> fn = lambda a: relu(relu(a[:, 0]) - 1 - relu(a[:, 1]))
@@ -204,7 +220,7 @@ def path_integral(
     """
     if rule == "adaptive":
         grad, used, note = adaptive_integral(
-            fn, x_act, b_act, steps=steps, batch_size=batch_size, tolerance=tolerance
+            fn, x_act, b_act, steps=steps, batch_size=batch_size, tolerance=tolerance, ends=ends
         )
     else:
         alphas, weights = quadrature(steps, rule)
