@@ -35,6 +35,7 @@ from mechlab.errors import InputError
 from mechlab.explain.targets import Target, as_tokens, make_target, resolve_pos, str_tokens
 from mechlab.render.figures import heatmap
 from mechlab.render.page import Page
+from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, layer_sites
 from mechlab.types import HeadScores, HookedModel, LayerScores, Tokens
 
@@ -102,7 +103,7 @@ class DirectLogitAttribution:
         """Per-head contributions as a ``layer × head`` heatmap."""
         return heatmap(
             self.heads,
-            title=f"Direct logit attribution per head: {self.target}",
+            title=plot_text(f"Direct logit attribution per head: {self.target}"),
             xlabel="head",
             ylabel="layer",
             colorbar_label="direct contribution",
@@ -118,7 +119,7 @@ class DirectLogitAttribution:
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xlabel("layer")
         ax.set_ylabel("direct contribution")
-        ax.set_title(f"Direct logit attribution per layer: {self.target}", fontsize=10)
+        ax.set_title(plot_text(f"Direct logit attribution per layer: {self.target}"), fontsize=10)
         ax.legend(fontsize=8)
         return fig
 

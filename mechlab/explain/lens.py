@@ -35,6 +35,7 @@ from mechlab.capture import capture
 from mechlab.explain.targets import as_tokens, resolve_pos, single_token, str_tokens, token_text
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
+from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, layer_sites
 from mechlab.types import HookedModel, Tokens
 
@@ -84,10 +85,12 @@ class LogitLens:
     def plot(self) -> Figure:
         """Each target's log-probability per layer."""
         lps = self.target_log_probs()
-        series: dict[str, Any] = {repr(name): lps[:, i] for i, name in enumerate(self.target_names)}
+        series: dict[str, Any] = {
+            plot_text(repr(name)): lps[:, i] for i, name in enumerate(self.target_names)
+        }
         return lines(
             series,
-            title=f"Logit lens at position {self.pos} ({self.str_tokens[self.pos]!r})",
+            title=plot_text(f"Logit lens at position {self.pos} ({self.str_tokens[self.pos]!r})"),
             xlabel="residual stream read before layer",
             ylabel="log p",
             xticklabels=list(self.labels),

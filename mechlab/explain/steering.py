@@ -23,6 +23,7 @@ from mechlab.explain.targets import TargetSpec, as_tokens, prompt_target, str_to
 from mechlab.interventions.hooks import hooked
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
+from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, validate
 from mechlab.types import HookedModel, Tokens
 
@@ -64,10 +65,10 @@ class SteeringResult:
 
     def plot(self) -> Figure:
         return lines(
-            {self.target: self.values, "ablated": torch.full((len(self.scales),), self.ablated)},
+            {plot_text(self.target): self.values, "ablated": torch.full((len(self.scales),), self.ablated)},
             title=f"Steering along the direction at {self.site}",
             xlabel="added multiple of σ",
-            ylabel=self.target,
+            ylabel=plot_text(self.target),
             x=list(self.scales),
         )
 
