@@ -203,6 +203,17 @@ def _sites(model: HookedModel) -> dict[str, list[Site]]:
     }
 
 
+def _logit_target(
+    model: HookedModel, target: Target | str | int, contrast: str | int | None, pos: int
+) -> Target:
+    """The logit (difference) DLA decomposes: a token ``Target`` keeps its contrast and position."""
+    if not isinstance(target, Target):
+        return make_target(model, target, contrast=contrast, kind="logit", pos=pos)
+    if target.token is None:
+        raise InputError("DLA needs a token target (optionally with a contrast), not a custom metric.")
+    return make_target(model, target.token, contrast=target.contrast, kind="logit", pos=target.pos)
+
+
 @torch.no_grad()
 def direct_logit_attribution(
     model: HookedModel,
@@ -226,12 +237,7 @@ def direct_logit_attribution(
             f"DLA supports LN/RMS final norms; this model's is {model.cfg.normalization_type!r}."
         )
     toks = as_tokens(model, tokens)
-    if isinstance(target, Target):
-        if target.token is None:
-            raise InputError("DLA needs a token target (optionally with a contrast), not a custom metric.")
-        goal = make_target(model, target.token, contrast=target.contrast, kind="logit", pos=target.pos)
-    else:
-        goal = make_target(model, target, contrast=contrast, kind="logit", pos=pos)
+    goal = _logit_target(model, target, contrast, pos)
     where = resolve_pos(goal.pos, toks.shape[1], what=f"The target {goal.label} reads position")
     direction, b_u = _direction(model, goal)
     sites = _sites(model)
