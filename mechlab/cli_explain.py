@@ -13,6 +13,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from mechlab.cli import command, load, progress
+from mechlab.errors import InputError
+
+
+def _int_list(text: str) -> list[int]:
+    """``"0,12,-1"`` → ``[0, 12, -1]`` (an argparse type: bad input is a usage error)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,12,-1; got {text!r}"
+        ) from None
 
 
 def _bar(value: float, bound: float, width: int = 24) -> str:
@@ -118,10 +129,13 @@ def cmd_probe(args: argparse.Namespace, console: Console) -> int:
     from mechlab.explain.probe_data import load_probe_dataset
     from mechlab.explain.probes import ProbeConfig, train_probes
 
+    try:
+        config = ProbeConfig(test_fraction=args.test_fraction, weight_decay=args.weight_decay, seed=args.seed)
+    except ValueError as error:
+        raise InputError(str(error)) from error
     dataset = load_probe_dataset(args.data)
     model = load(args, console).model
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    config = ProbeConfig(test_fraction=args.test_fraction, weight_decay=args.weight_decay, seed=args.seed)
+    layers = args.layers or None
     with progress(console, f"Caching activations and fitting probes ({dataset.summary()})"):
         result = train_probes(model, dataset, args.site, layers, position=args.position, config=config)
     table = Table(title=escape(f"{dataset.summary()}; {args.site} at the {result.position} position"))
@@ -149,9 +163,7 @@ def cmd_attention(args: argparse.Namespace, console: Console) -> int:
     from mechlab.explain import attention_view
 
     model = load(args, console).model
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    heads = [int(x) for x in args.heads.split(",")] if args.heads else None
-    view = attention_view(model, args.prompt, layers=layers, heads=heads)
+    view = attention_view(model, args.prompt, layers=args.layers or None, heads=args.heads or None)
     console.print(f"{len(view.heads)} heads on {len(view.str_tokens)} tokens")
     if args.png:
         console.print(f"Wrote {view.save_png(args.png)}")
@@ -188,7 +200,7 @@ def add_explain_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> N
     p = add("probe", "Train a linear probe per layer on labelled texts, with a control task.")
     p.add_argument("data", metavar="DATA", help="CSV/JSONL with text,label[,word], or sentiment / number")
     p.add_argument("--site", default="resid_post", help="activation kind (default resid_post)")
-    p.add_argument("--layers", help="comma-separated layers (default: all)")
+    p.add_argument("--layers", type=_int_list, help="comma-separated layers (default: all)")
     p.add_argument("--position", choices=["last", "mean", "word"], default="last", help="default: last")
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--weight-decay", type=float, default=0.1, help="L2 penalty (standardised features)")
@@ -197,7 +209,7 @@ def add_explain_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> N
 
     p = add("attention", "Write an offline HTML page (and PNG) of attention patterns.")
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--layers", help="comma-separated layers (default: all)")
-    p.add_argument("--heads", help="comma-separated heads in each layer (default: all)")
+    p.add_argument("--layers", type=_int_list, help="comma-separated layers (default: all)")
+    p.add_argument("--heads", type=_int_list, help="comma-separated heads in each layer (default: all)")
     p.add_argument("--html", metavar="FILE", required=True)
     p.add_argument("--png", metavar="FILE", help="also a static heatmap grid")

@@ -195,3 +195,9 @@ MSG_NO_PAD_TOKEN = (
     "baseline='pad' needs the model's pad (or end-of-sequence) token, and this model has no "
     "tokenizer. Pass baseline='zeros' (all-zero embeddings) or a token id, e.g. baseline=0."
 )
+
+MSG_ONE_TOKEN_KEPT = (
+    "The prompt is a single token, and keep_first=True holds the first token at its own embedding "
+    "(it is the attention sink), so the baseline equals the prompt and there is nothing to "
+    "attribute. Give a longer prompt, or pass keep_first=False to attribute that token too."
+)

@@ -26,7 +26,7 @@ from mechlab.explain.targets import as_tokens, str_tokens
 from mechlab.render.figures import png_bytes
 from mechlab.render.html import atomic_write
 from mechlab.render.page import Page
-from mechlab.render.tokens import visible
+from mechlab.render.tokens import plot_text, visible
 from mechlab.sites import Site, n_heads_for, validate
 from mechlab.types import HookedModel, Tokens
 
@@ -98,7 +98,7 @@ class AttentionView:
         n = len(self.str_tokens)
         size = 2.2 if n <= 20 else 3.2
         fig = Figure(figsize=(size * cols + 0.6, size * rows + 0.4), layout="constrained")
-        labels = [visible(t) for t in self.str_tokens] if n <= 40 else None
+        labels = [plot_text(t) for t in self.str_tokens] if n <= 40 else None
         image = None
         for slot, index in enumerate(shown):
             ax = fig.add_subplot(rows, cols, slot + 1)

@@ -18,7 +18,7 @@ from torch import Tensor
 from mechlab.errors import InputError
 from mechlab.render.figures import heatmap
 from mechlab.render.page import Page
-from mechlab.render.tokens import colored_tokens, visible
+from mechlab.render.tokens import colored_tokens, plot_text
 from mechlab.sites import Site
 from mechlab.types import Tokens
 
@@ -113,11 +113,13 @@ class Attribution:
 
     def plot(self) -> Figure:
         """A bar chart of per-token scores (a heatmap for per-head layer attributions)."""
-        labels = [f"{i}:{visible(t)}" for i, t in enumerate(self.str_tokens)]
+        labels = [f"{i}:{plot_text(t)}" for i, t in enumerate(self.str_tokens)]
         if self.scores.ndim == 2 and self.scores.shape[0] == len(labels):
             return heatmap(
                 self.scores.T,
-                title=f"{METHOD_NAMES.get(self.method, self.method)} at {self.site}: {self.target}",
+                title=plot_text(
+                    f"{METHOD_NAMES.get(self.method, self.method)} at {self.site}: {self.target}"
+                ),
                 xlabel="position",
                 ylabel="head",
                 xticklabels=labels,
@@ -132,7 +134,7 @@ class Attribution:
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
         ax.set_ylabel("attribution")
-        ax.set_title(f"{METHOD_NAMES.get(self.method, self.method)}: {self.target}", fontsize=10)
+        ax.set_title(plot_text(f"{METHOD_NAMES.get(self.method, self.method)}: {self.target}"), fontsize=10)
         return fig
 
     def add_to(self, page: Page, *, title: str | None = None) -> Page:

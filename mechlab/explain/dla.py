@@ -9,9 +9,11 @@ residual to logit is linear, so each component's contribution is
 
     (centre(c) / scale) * w  @  (W_U[:, answer] - W_U[:, contrast])
 
-and the contributions plus the bias terms (the norm's bias and ``b_U``, projected the same way) sum
-to the logit (difference) the model produced. ``remainder`` is what is left over: floating-point
-error, or any part of the stream the decomposition missed. On SmolLM2 it is below 1e-3.
+and the contributions plus the bias terms (each layer's ``b_O``, the norm's bias and ``b_U``,
+projected the same way) sum to the logit (difference) the model produced. ``remainder`` is what is
+left over, computed against the model's real logits: floating-point error, or any part of the
+stream the decomposition missed or mis-split (it is not absorbed by any other term). On SmolLM2 it is
+below 1e-5.
 
 ``W_O`` holds one matrix per *query* head, so grouped-query models (SmolLM2: 9 query heads, 3
 key/value heads) get per-head attributions like any other model. DLA measures direct effects only:
@@ -30,9 +32,10 @@ from torch import Tensor
 
 from mechlab.capture import capture
 from mechlab.errors import InputError
-from mechlab.explain.targets import Target, as_tokens, make_target, str_tokens
+from mechlab.explain.targets import Target, as_tokens, make_target, resolve_pos, str_tokens
 from mechlab.render.figures import heatmap
 from mechlab.render.page import Page
+from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, layer_sites
 from mechlab.types import HeadScores, HookedModel, LayerScores, Tokens
 
@@ -50,7 +53,7 @@ class DirectLogitAttribution:
         value: the model's actual logit (difference) at ``pos``.
         embed: contribution of the token embedding; ``pos_embed`` of the positional embedding.
         heads: ``[layer, head]`` per-head contributions.
-        attn_bias: ``[layer]`` the part of each attention output not written by a head (``b_O``).
+        attn_bias: ``[layer]`` each attention layer's output bias ``b_O`` (zeros without one).
         mlp: ``[layer]`` per-MLP contributions (zeros in attention-only models).
         bias: the final norm's bias and ``b_U``, projected on the target.
         remainder: ``value`` minus the sum of every term above.
@@ -100,7 +103,7 @@ class DirectLogitAttribution:
         """Per-head contributions as a ``layer × head`` heatmap."""
         return heatmap(
             self.heads,
-            title=f"Direct logit attribution per head: {self.target}",
+            title=plot_text(f"Direct logit attribution per head: {self.target}"),
             xlabel="head",
             ylabel="layer",
             colorbar_label="direct contribution",
@@ -116,7 +119,7 @@ class DirectLogitAttribution:
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xlabel("layer")
         ax.set_ylabel("direct contribution")
-        ax.set_title(f"Direct logit attribution per layer: {self.target}", fontsize=10)
+        ax.set_title(plot_text(f"Direct logit attribution per layer: {self.target}"), fontsize=10)
         ax.legend(fontsize=8)
         return fig
 
@@ -172,6 +175,15 @@ class _FrozenNorm:
         return vectors @ self.read
 
 
+def _output_bias(model: Any) -> Float[Tensor, "layer d_model"] | None:
+    """``b_O`` per layer, or ``None`` for bias-free attention (TL bridges raise on ``b_O`` then)."""
+    try:
+        b_o = model.b_O
+    except AttributeError:
+        return None
+    return None if b_o is None else b_o.detach()
+
+
 def _sites(model: HookedModel) -> dict[str, list[Site]]:
     hooks = model.hook_dict if hasattr(model, "hook_dict") else {}
     has = {kind: (Site(kind).hook_name in hooks) for kind in ("pos_embed", "ln_final_scale")}
@@ -186,10 +198,20 @@ def _sites(model: HookedModel) -> dict[str, list[Site]]:
     return {
         "embed": [Site("embed")] + ([Site("pos_embed")] if has["pos_embed"] else []),
         "z": layer_sites(model, "z"),
-        "attn_out": layer_sites(model, "attn_out"),
         "mlp_out": layer_sites(model, "mlp_out") if has_mlp else [],
         "scale": [Site("ln_final_scale")] if has["ln_final_scale"] else [],
     }
+
+
+def _logit_target(
+    model: HookedModel, target: Target | str | int, contrast: str | int | None, pos: int
+) -> Target:
+    """The logit (difference) DLA decomposes: a token ``Target`` keeps its contrast and position."""
+    if not isinstance(target, Target):
+        return make_target(model, target, contrast=contrast, kind="logit", pos=pos)
+    if target.token is None:
+        raise InputError("DLA needs a token target (optionally with a contrast), not a custom metric.")
+    return make_target(model, target.token, contrast=target.contrast, kind="logit", pos=target.pos)
 
 
 @torch.no_grad()
@@ -215,13 +237,8 @@ def direct_logit_attribution(
             f"DLA supports LN/RMS final norms; this model's is {model.cfg.normalization_type!r}."
         )
     toks = as_tokens(model, tokens)
-    if isinstance(target, Target):
-        if target.token is None:
-            raise InputError("DLA needs a token target (optionally with a contrast), not a custom metric.")
-        goal = make_target(model, target.token, contrast=target.contrast, kind="logit", pos=target.pos)
-    else:
-        goal = make_target(model, target, contrast=contrast, kind="logit", pos=pos)
-    where = goal.pos % toks.shape[1]
+    goal = _logit_target(model, target, contrast, pos)
+    where = resolve_pos(goal.pos, toks.shape[1], what=f"The target {goal.label} reads position")
     direction, b_u = _direction(model, goal)
     sites = _sites(model)
     acts = capture(model, toks, [s for group in sites.values() for s in group])
@@ -238,7 +255,9 @@ def direct_logit_attribution(
         at("z").float(), w_o.float(), "layer head d_head, layer head d_head d_model -> layer head d_model"
     )
     heads = norm.project(head_out)
-    attn_bias = norm.project(at("attn_out")) - heads.sum(-1)
+    b_o = _output_bias(model)
+    # From b_O itself, not attn_out − Σ heads: that would absorb any error in the head split.
+    attn_bias = torch.zeros(len(heads)) if b_o is None else norm.project(b_o)
     mlp = norm.project(at("mlp_out")) if sites["mlp_out"] else torch.zeros(len(heads))
     embeds = [float(norm.project(acts[s][0, where])) for s in sites["embed"]]
     bias = b_u + norm.bias

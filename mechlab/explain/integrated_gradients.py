@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlab.errors import MSG_NO_PAD_TOKEN, InputError
+from mechlab.errors import MSG_NO_PAD_TOKEN, MSG_ONE_TOKEN_KEPT, InputError
 from mechlab.explain.attribution import Attribution
 from mechlab.explain.path_integral import (
     activation_at,
@@ -60,7 +60,8 @@ from mechlab.explain.targets import (
     Target,
     TargetSpec,
     as_tokens,
-    resolve_target,
+    prompt_target,
+    resolve_pos,
     single_token,
     str_tokens,
     token_text,
@@ -98,16 +99,22 @@ def _tensor_baseline(baseline: Tensor, x_emb: Tensor) -> Tensor:
 
 
 def embedding_baseline(
-    model: HookedModel, tokens: Tokens, baseline: Baseline, *, keep_first: bool = True
+    model: HookedModel,
+    tokens: Tokens,
+    baseline: Baseline,
+    *,
+    keep_first: bool = True,
+    x_emb: Tensor | None = None,
 ) -> tuple[Tensor, str]:
     """The baseline's token embeddings ``[1, pos, d_model]`` and a short description.
 
     ``baseline`` is a token (text such as ``"."``, or an id) repeated at every position, ``"pad"``
     (the pad / end-of-sequence token), ``"mean"`` (the mean row of ``W_E``), ``"zeros"``, or a
     tensor of embeddings. With ``keep_first`` the first position keeps the prompt's own embedding.
+    ``x_emb`` is the prompt's embedding if the caller has it already.
     """
     embed = Site("embed")
-    x_emb = activation_at(model, tokens, embed)
+    x_emb = activation_at(model, tokens, embed) if x_emb is None else x_emb
     if isinstance(baseline, Tensor):
         b_emb, label = _tensor_baseline(baseline, x_emb), "tensor"
     elif baseline == "zeros":
@@ -126,6 +133,16 @@ def embedding_baseline(
         b_emb = b_emb.clone()
         b_emb[:, 0] = x_emb[:, 0]
     return b_emb, label
+
+
+def _prepare(
+    model: HookedModel, tokens: str | Tensor, target: TargetSpec, keep_first: bool
+) -> tuple[Tokens, Target]:
+    toks = as_tokens(model, tokens)
+    goal = prompt_target(model, toks, target)
+    if keep_first and toks.shape[1] == 1:
+        raise InputError(MSG_ONE_TOKEN_KEPT)
+    return toks, goal
 
 
 def _check(steps: int, batch_size: int, rule: str, tolerance: float) -> None:
@@ -153,15 +170,17 @@ def _attribute(
 ) -> Attribution:
     x_act, b_act = acts
     fn = model_function(model, toks, goal, site)
-    elementwise, used, note = path_integral(fn, x_act, b_act, **options)
+    value = target_value(model, toks, goal, {})
+    baseline_value = target_value(model, toks, goal, {site: b_act})
+    elementwise, used, note = path_integral(fn, x_act, b_act, ends=(baseline_value, value), **options)
     return Attribution(
         method=method,
         tokens=toks,
         str_tokens=str_tokens(model, toks),
         scores=elementwise.sum(-1).float().cpu(),
         target=goal.label,
-        value=target_value(model, toks, goal, {}),
-        baseline_value=target_value(model, toks, goal, {site: b_act}),
+        value=value,
+        baseline_value=baseline_value,
         baseline=label,
         steps=used,
         site=shown or site,
@@ -201,12 +220,12 @@ def integrated_gradients(
         An ``Attribution`` with ``scores [pos]``, ``completeness_error`` and the evaluations used.
     """
     _check(steps, batch_size, rule, tolerance)
-    toks = as_tokens(model, tokens)
-    goal = resolve_target(model, target)
+    toks, goal = _prepare(model, tokens, target, keep_first)
     embed = Site("embed")
-    b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first)
+    x_emb = activation_at(model, toks, embed)
+    b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first, x_emb=x_emb)
     options = dict(steps=steps, batch_size=batch_size, rule=rule, tolerance=tolerance)
-    acts = (activation_at(model, toks, embed), b_emb)
+    acts = (x_emb, b_emb)
     return _attribute(
         model, toks, goal, embed, acts, method="integrated_gradients", label=label, options=options
     )
@@ -222,11 +241,10 @@ def gradient_x_input(
 ) -> Attribution:
     """``(x - x') · ∂F/∂x`` at the input: one gradient, the cheapest attribution (zeros baseline
     gives the classic gradient × input). Its completeness error shows how far it is from IG."""
-    toks = as_tokens(model, tokens)
-    goal = resolve_target(model, target)
+    toks, goal = _prepare(model, tokens, target, keep_first)
     embed = Site("embed")
-    b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first)
     x_emb = activation_at(model, toks, embed)
+    b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first, x_emb=x_emb)
     one = torch.ones(1, dtype=torch.float64)
     fn = model_function(model, toks, goal, embed)
     grad = node_gradients(fn, x_emb, b_emb, (one, one, torch.zeros(1, dtype=torch.long)), 1, 1)
@@ -252,7 +270,7 @@ def _site_baseline(
                 f"A tensor baseline for layer IG holds the activation at {site}, shape "
                 f"{tuple(x_act.shape[1:])}; got {tuple(baseline.shape)}."
             )
-        return baseline.detach().to(x_act.dtype).reshape(x_act.shape), "tensor"
+        return baseline.detach().to(device=x_act.device, dtype=x_act.dtype).reshape(x_act.shape), "tensor"
     b_emb, label = embedding_baseline(model, toks, baseline, keep_first=keep_first)
     return activation_at(model, toks, site, {Site("embed"): b_emb}), label
 
@@ -282,9 +300,10 @@ def layer_integrated_gradients(
         the last axis (``resid_pre``: ``[pos]``; ``z``: ``[pos, head]``).
     """
     _check(steps, batch_size, rule, tolerance)
-    toks = as_tokens(model, tokens)
-    goal = resolve_target(model, target)
+    toks, goal = _prepare(model, tokens, target, keep_first and not isinstance(baseline, Tensor))
     site = validate(site, model)
+    if site.pos is not None:
+        resolve_pos(site.pos, toks.shape[1], what=f"The site {site} names position")
     whole = Site(site.kind, site.layer)
     x_act = activation_at(model, toks, whole)
     b_full, label = _site_baseline(model, toks, whole, x_act, baseline, keep_first)

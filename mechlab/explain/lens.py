@@ -32,18 +32,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab.capture import capture
-from mechlab.errors import InputError
-from mechlab.explain.targets import as_tokens, single_token, str_tokens, token_text
+from mechlab.explain.targets import as_tokens, resolve_pos, single_token, str_tokens, token_text
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
+from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, layer_sites
 from mechlab.types import HookedModel, Tokens
-
-
-def _resolve_pos(pos: int, n: int) -> int:
-    if not -n <= pos < n:
-        raise InputError(f"Position {pos} is outside the prompt of {n} tokens (valid: {-n}..{n - 1}).")
-    return pos % n
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,10 +85,12 @@ class LogitLens:
     def plot(self) -> Figure:
         """Each target's log-probability per layer."""
         lps = self.target_log_probs()
-        series: dict[str, Any] = {repr(name): lps[:, i] for i, name in enumerate(self.target_names)}
+        series: dict[str, Any] = {
+            plot_text(repr(name)): lps[:, i] for i, name in enumerate(self.target_names)
+        }
         return lines(
             series,
-            title=f"Logit lens at position {self.pos} ({self.str_tokens[self.pos]!r})",
+            title=plot_text(f"Logit lens at position {self.pos} ({self.str_tokens[self.pos]!r})"),
             xlabel="residual stream read before layer",
             ylabel="log p",
             xticklabels=list(self.labels),
@@ -142,7 +138,7 @@ def logit_lens(
     from transformer_lens.tools.analysis.logit_lens import logit_readout
 
     toks = as_tokens(model, tokens)
-    where = _resolve_pos(pos, toks.shape[1])
+    where = resolve_pos(pos, toks.shape[1], what="The logit lens reads position")
     sites = [*layer_sites(model, "resid_pre"), Site("resid_post", model.cfg.n_layers - 1)]
     acts = capture(model, toks, sites)
     logits = acts.logits

@@ -14,7 +14,7 @@ from torch import Tensor
 from mechlab.errors import InputError
 from mechlab.explain.attribution import Attribution
 from mechlab.explain.integrated_gradients import DEFAULT_BATCH_SIZE, pad_token_id
-from mechlab.explain.targets import TargetSpec, as_tokens, resolve_target, single_token, str_tokens
+from mechlab.explain.targets import TargetSpec, as_tokens, prompt_target, single_token, str_tokens
 from mechlab.types import HookedModel
 
 OcclusionMode = Literal["replace", "drop"]
@@ -39,7 +39,9 @@ def occlusion(
     ``keep_first`` the first token (the attention sink) is never occluded and scores 0.
     """
     toks = as_tokens(model, tokens)
-    goal = resolve_target(model, target)
+    goal = prompt_target(model, toks, target)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
     if mode not in get_args(OcclusionMode):
         raise InputError(f"Unknown occlusion mode {mode!r}; choose 'replace' or 'drop'.")
     if mode == "drop" and (goal.pos != -1 or toks.shape[1] < 2):

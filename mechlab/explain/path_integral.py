@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mechlab.explain.quadrature import Quadrature, allocate, gauss_legendre, quadrature
 from mechlab.explain.targets import Target
-from mechlab.interventions.hooks import hooked
+from mechlab.interventions.hooks import hooked, recorder
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens
 
@@ -40,23 +40,33 @@ def constant(value: Tensor) -> Callable[[Tensor, Site], Tensor]:
     return fn
 
 
+def _stop_layer(site: Site) -> int | None:
+    """The block after which ``site`` has been computed (``None``: it needs the whole model)."""
+    if site.kind == "embed":
+        return 0
+    return None if site.layer is None else site.layer + 1
+
+
 @torch.no_grad()
 def activation_at(
     model: HookedModel, tokens: Tokens, site: Site, replace: dict[Site, Tensor] | None = None
 ) -> Tensor:
-    """A copy of the activation at ``site`` on ``tokens`` (optionally with other sites replaced)."""
-    seen: dict[str, Tensor] = {}
+    """A copy of the activation at ``site`` on ``tokens`` (optionally with upstream sites replaced).
 
-    def keep(act: Tensor, hook_site: Site) -> None:
-        seen["act"] = act.detach().clone()
-
+    The forward pass stops at the block after ``site`` (at the embedding for ``Site("embed")``).
+    """
+    seen: dict[Site, Tensor] = {}
     spec: list[tuple[Site, Callable[[Tensor, Site], Tensor | None]]] = [
         (s, constant(v)) for s, v in (replace or {}).items()
     ]
-    spec.append((site, keep))
+    spec.append((site, recorder(seen)))
+    stop = _stop_layer(site)
     with hooked(model, spec):
-        model(tokens)
-    return seen["act"]
+        if stop is None or stop >= int(model.cfg.n_layers):
+            model(tokens)
+        else:
+            model(tokens, stop_at_layer=stop)
+    return seen[site]
 
 
 def target_value(model: HookedModel, tokens: Tokens, target: Target, replace: dict[Site, Tensor]) -> float:
@@ -140,12 +150,26 @@ def _refine(errors: Tensor, counts: Tensor, room: int, batch_size: int) -> list[
 
 
 def adaptive_integral(
-    fn: Scalar, x_act: Tensor, b_act: Tensor, *, steps: int, batch_size: int, tolerance: float
+    fn: Scalar,
+    x_act: Tensor,
+    b_act: Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    tolerance: float,
+    ends: tuple[float, float] | None = None,
 ) -> tuple[Tensor, int, str]:
-    """The error-controlled integral (see the module doc): ``(Σ_k w_k ∂F/∂a, nodes used, note)``."""
+    """The error-controlled integral (see the module doc): ``(Σ_k w_k ∂F/∂a, nodes used, note)``.
+
+    ``ends`` are ``(F(b), F(x))`` if the caller has them; then only interior points are probed.
+    """
     n_cells = max(1, min(PROBE_CELLS, steps // 2))
     grid = torch.linspace(0, 1, n_cells + 1, dtype=torch.float64)
-    values = path_values(fn, x_act, b_act, grid, batch_size)
+    if ends is None:
+        values = path_values(fn, x_act, b_act, grid, batch_size)
+    else:
+        inner = path_values(fn, x_act, b_act, grid[1:-1], batch_size)
+        values = torch.cat([torch.tensor([ends[0]]), inner, torch.tensor([ends[1]])]).double()
     exact = values[1:] - values[:-1]
     gap = float(values[-1] - values[0]) or 1e-12
     direction = (x_act[0] - b_act[0]).double()
@@ -180,10 +204,12 @@ def path_integral(
     batch_size: int,
     rule: Quadrature,
     tolerance: float,
+    ends: tuple[float, float] | None = None,
 ) -> tuple[Tensor, int, str]:
     """``((x - b) · ∫ ∂F/∂a dα`` elementwise ``[*act]``, gradient evaluations, a note on the rule).
 
-    ``x_act`` and ``b_act`` are ``[1, *act]``; ``fn`` maps ``[n, *act]`` to ``[n]``.
+    ``x_act`` and ``b_act`` are ``[1, *act]``; ``fn`` maps ``[n, *act]`` to ``[n]``; ``ends``
+    optionally gives ``(F(b), F(x))`` (the adaptive rule then skips probing them).
 
     >>> relu = torch.relu  # Sundararajan et al.'s example: F = relu(relu(x1) - 1 - relu(x2))
     >>> fn = lambda a: relu(relu(a[:, 0]) - 1 - relu(a[:, 1]))
@@ -194,7 +220,7 @@ def path_integral(
     """
     if rule == "adaptive":
         grad, used, note = adaptive_integral(
-            fn, x_act, b_act, steps=steps, batch_size=batch_size, tolerance=tolerance
+            fn, x_act, b_act, steps=steps, batch_size=batch_size, tolerance=tolerance, ends=ends
         )
     else:
         alphas, weights = quadrature(steps, rule)

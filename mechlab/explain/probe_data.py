@@ -9,17 +9,31 @@ Files are CSV (with a header) or JSON Lines, with fields ``text``, ``label`` and
 ``word``. Two datasets ship with mechlab (built by ``mechlab/data/make_probe_data.py``):
 ``sentiment`` (720 templated one-sentence reviews, 60 adjectives, positive/negative) and
 ``number`` (720 templated sentences whose subject noun is singular or plural, 80 nouns).
+
+``collect_activations`` turns texts into one activation vector per text at each chosen site: at the
+last token, the mean over tokens, or the marked word's last token (``word_position``).
 """
 
 import csv
 import dataclasses
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Literal, get_args
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from mechlab.errors import InputError
+from mechlab.sites import Site
+from mechlab.types import HookedModel
+
+Position = Literal["last", "mean", "word"]
+POSITIONS: tuple[str, ...] = get_args(Position)
 
 BUNDLED = {"sentiment": "probe_sentiment.jsonl", "number": "probe_number.jsonl"}
 
@@ -131,3 +145,71 @@ def load_probe_dataset(source: str | Path) -> ProbeDataset:
         )
     except (KeyError, ValueError) as error:
         raise InputError(f"{path}: {error}") from error
+
+
+def word_position(model: HookedModel, text: str, word: str) -> int:
+    """Index of the last token of the first whole-word occurrence of ``word`` in ``text``."""
+    match = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text) or re.search(re.escape(word), text)
+    if match is None:
+        raise InputError(f"The word {word!r} does not occur in {text!r}.")
+    full = model.to_tokens(text)[0]
+    prefix = model.to_tokens(text[: match.end()])[0]
+    if not torch.equal(full[: len(prefix)], prefix):
+        raise InputError(
+            f"In {text!r} the word {word!r} does not end on a token boundary (the tokenizer merges it "
+            "with what follows); mark a different word or use position='last'."
+        )
+    return len(prefix) - 1
+
+
+@torch.no_grad()
+def collect_activations(
+    model: HookedModel,
+    texts: Sequence[str | Tensor],
+    sites: list[Site],
+    *,
+    position: Position,
+    words: tuple[str, ...] | None = None,
+    batch_size: int = 32,
+) -> Float[Tensor, "layer n d_model"]:
+    """One activation vector per text (or token-id sequence) at each site.
+
+    Texts run in right-padded batches: a causal model's earlier positions never see the padding.
+    """
+    if position == "word" and words is None:
+        raise InputError("position='word' needs a dataset with a word column; use 'last' or 'mean'.")
+    if not sites:
+        raise InputError("No layers to probe: pass layers=None (all) or a non-empty list of layers.")
+    if getattr(model, "tokenizer", None) is None and any(isinstance(t, str) for t in texts):
+        raise InputError(
+            "This model has no tokenizer, so it cannot read text: give the texts as token-id tensors "
+            "(collect_activations + fit_probes), or load a model with a tokenizer."
+        )
+    encoded = [t.reshape(-1) if isinstance(t, Tensor) else model.to_tokens(t)[0] for t in texts]
+    where = [
+        len(e) - 1 if position != "word" else word_position(model, t, w)  # type: ignore[arg-type]
+        for e, t, w in zip(encoded, texts, words or texts, strict=True)
+    ]
+    names = [s.hook_name for s in sites]
+    # Blocks after the deepest probed layer (and the unembedding) are not needed.
+    deepest = max(s.layer or 0 for s in sites) + 1
+    stop = deepest if deepest < int(model.cfg.n_layers) else None
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = encoded[start : start + batch_size]
+        lengths = torch.tensor([len(e) for e in chunk])
+        batch = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
+        for i, e in enumerate(chunk):
+            batch[i, : len(e)] = e
+        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=names, stop_at_layer=stop)
+        acts = torch.stack([cache[n].float().cpu() for n in names])  # [layer batch pos d_model]
+        if position == "mean":
+            # The first token is the attention sink, with activations orders of magnitude larger.
+            mask = torch.arange(batch.shape[1])[None, :] < lengths[:, None]
+            mask[:, 0] &= lengths == 1
+            pooled = (acts * mask[None, :, :, None]).sum(2) / mask.sum(1)[None, :, None]
+        else:
+            idx = torch.tensor(where[start : start + len(chunk)])
+            pooled = acts[:, torch.arange(len(chunk)), idx]
+        out.append(pooled)
+    return torch.cat(out, dim=1)

@@ -18,11 +18,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab.errors import InputError
-from mechlab.explain.probes import ProbeResult
-from mechlab.explain.targets import TargetSpec, as_tokens, resolve_target, str_tokens
+from mechlab.explain.probes import VECTOR_KINDS, ProbeResult
+from mechlab.explain.targets import TargetSpec, as_tokens, prompt_target, str_tokens
 from mechlab.interventions.hooks import hooked
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
+from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, validate
 from mechlab.types import HookedModel, Tokens
 
@@ -64,10 +65,10 @@ class SteeringResult:
 
     def plot(self) -> Figure:
         return lines(
-            {self.target: self.values, "ablated": torch.full((len(self.scales),), self.ablated)},
+            {plot_text(self.target): self.values, "ablated": torch.full((len(self.scales),), self.ablated)},
             title=f"Steering along the direction at {self.site}",
             xlabel="added multiple of σ",
-            ylabel=self.target,
+            ylabel=plot_text(self.target),
             x=list(self.scales),
         )
 
@@ -93,9 +94,18 @@ def steer(
     unit: float = 1.0,
 ) -> SteeringResult:
     """The target with ``s · unit · u`` added at ``site`` (every position) for each ``s``, and with
-    ``u`` projected out, where ``u = direction / |direction|``."""
+    ``u`` projected out, where ``u = direction / |direction|``.
+
+    ``site`` is a whole per-layer vector activation (``resid_pre/mid/post``, ``attn_out``,
+    ``mlp_out``, ``mlp_pre``, ``mlp_post``), the kinds probes read.
+    """
     toks = as_tokens(model, tokens)
-    goal = resolve_target(model, target)
+    goal = prompt_target(model, toks, target)
+    if site.kind not in VECTOR_KINDS or site.head is not None or site.pos is not None:
+        raise InputError(
+            f"steer adds a vector at every position of a per-layer activation [batch pos d]; {site} is "
+            f"not one. Use a whole site of kind {', '.join(VECTOR_KINDS)}, e.g. Site('resid_post', 12)."
+        )
     site = validate(site, model)
     if direction.ndim != 1 or float(direction.norm()) == 0:
         raise InputError(f"direction must be a non-zero vector, got shape {tuple(direction.shape)}.")

@@ -64,7 +64,8 @@ def as_tokens(model: HookedModel, prompt: str | Tensor) -> Tokens:
     """One prompt as ``[1, pos]`` token ids (a copy; text goes through the model's tokenizer).
 
     Raises:
-        InputError: more than one prompt, an empty prompt, or non-integer ids.
+        InputError: more than one prompt, an empty prompt, non-integer or out-of-vocabulary ids,
+            or a prompt longer than the model's context.
     """
     if isinstance(prompt, str):
         return encode_prompt(model, prompt)[1]
@@ -78,9 +79,14 @@ def as_tokens(model: HookedModel, prompt: str | Tensor) -> Tokens:
             f"Expected one prompt as token ids of shape [pos] or [1, pos], got shape "
             f"{tuple(prompt.shape)}. Explain one prompt at a time."
         )
-    d_vocab = int(model.cfg.d_vocab)
+    d_vocab, n_ctx = int(model.cfg.d_vocab), int(model.cfg.n_ctx)
     if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
         raise InputError(f"Token ids must lie in 0..{d_vocab - 1}; got {tokens.min()}..{tokens.max()}.")
+    if tokens.shape[1] > n_ctx:
+        raise InputError(
+            f"The prompt is {tokens.shape[1]} tokens long; this model's context holds {n_ctx}. "
+            "Shorten the prompt."
+        )
     return tokens
 
 
@@ -173,6 +179,27 @@ def make_target(
         label = f"logit({name}) − logit({token_text(model, wrong)!r}){where}"
         return Target(LogitDiff(answer, wrong, pos), label, answer, wrong, "logit_diff", pos)
     return Target(_METRICS[kind](answer, pos), f"{kind}({name}){where}", answer, None, kind, pos)
+
+
+def resolve_pos(pos: int, n_pos: int, *, what: str = "Asked for position") -> int:
+    """``pos`` as a non-negative index into a prompt of ``n_pos`` tokens.
+
+    Raises:
+        InputError: ``pos`` lies outside the prompt.
+    """
+    if not -n_pos <= pos < n_pos:
+        raise InputError(
+            f"{what} {pos}, but the prompt has {n_pos} tokens (valid positions: {-n_pos}..{n_pos - 1}; "
+            "-1 is the last token, whose logits predict the next token)."
+        )
+    return pos % n_pos
+
+
+def prompt_target(model: HookedModel, tokens: Tokens, target: TargetSpec) -> Target:
+    """``resolve_target``, checked against the prompt: its position must lie inside it."""
+    goal = resolve_target(model, target)
+    resolve_pos(goal.pos, int(tokens.shape[-1]), what=f"The target {goal.label} reads position")
+    return goal
 
 
 def resolve_target(model: HookedModel, target: TargetSpec) -> Target:

@@ -15,6 +15,16 @@ def visible(token: str) -> str:
     return token.replace("\n", "↵").replace("\t", "⇥")
 
 
+def plot_text(text: str) -> str:
+    r"""Text for a matplotlib label: whitespace made visible and ``$`` escaped, so a token such as
+    ``"$$"`` is drawn as written instead of being parsed (and rejected) as mathtext.
+
+    >>> plot_text("$$")
+    '\\$\\$'
+    """
+    return visible(text).replace("$", r"\$")
+
+
 def colored_tokens(tokens: Sequence[str], values: Sequence[float], *, fmt: str = "{:+.3f}") -> str:
     """An inline run of tokens coloured by ``values`` (same length)."""
     if len(tokens) != len(values):

@@ -158,6 +158,18 @@ def test_bad_arguments_explain_themselves(tiny: mechlab.LoadedModel, tokens: tor
         integrated_gradients(model, tokens, AnswerLogit(1), baseline=0)
     with pytest.raises(mechlab.InputError, match="vocabulary"):
         integrated_gradients(model, tokens[0], 999, baseline=0)
+    with pytest.raises(mechlab.InputError, match="reads position 12, but the prompt has 12 tokens"):
+        integrated_gradients(model, tokens[0], AnswerLogProb(1, pos=12), baseline=0)
+    with pytest.raises(mechlab.InputError, match="single token, and keep_first=True"):
+        gradient_x_input(model, tokens[0, :1], AnswerLogit(1), baseline=0)
+    alone = integrated_gradients(model, tokens[0, :1], AnswerLogit(1), baseline=0, steps=8, keep_first=False)
+    assert alone.completeness_error < 0.01 and alone.scores[0] != 0
+    with pytest.raises(mechlab.InputError, match=r"resid_pre\.1@20 names position 20"):
+        layer_integrated_gradients(model, tokens[0], AnswerLogit(1), mechlab.Site("resid_pre", 1, pos=20))
+    with pytest.raises(mechlab.InputError, match="reads position -13"):
+        occlusion(model, tokens[0], AnswerLogit(1, pos=-13), replacement=0)
+    with pytest.raises(mechlab.InputError, match="batch_size"):
+        occlusion(model, tokens[0], AnswerLogit(1), replacement=0, batch_size=0)
 
 
 def test_quadrature_rules() -> None:

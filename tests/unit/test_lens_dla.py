@@ -9,7 +9,7 @@ from mechlab.explain.targets import Target
 from mechlab.metrics import AnswerLogit
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_gqa", "attn_only"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_gqa", "attn_only", "tiny_llama"])
 def test_dla_terms_sum_to_the_logit(name: str, request: pytest.FixtureRequest, tokens: torch.Tensor) -> None:
     model = request.getfixturevalue(name).model
     with torch.no_grad():
@@ -20,7 +20,37 @@ def test_dla_terms_sum_to_the_logit(name: str, request: pytest.FixtureRequest, t
         assert abs(dla.value - float(expected)) < 1e-5
         assert abs(dla.total - dla.value) < 1e-4 and abs(dla.remainder) < 1e-4
         assert dla.heads.shape == (model.cfg.n_layers, model.cfg.n_heads)
-        torch.testing.assert_close(dla.attn, dla.heads.sum(-1) + dla.attn_bias)
+
+
+def test_dla_remainder_catches_what_no_component_wrote(tiny_llama: mechlab.LoadedModel, tokens) -> None:
+    """A vector added to layer 0's attention output (downstream of every head's z) is written by no
+    component DLA knows: it must appear in ``remainder``, not be absorbed by another term."""
+    model = tiny_llama.model
+    extra = torch.randn(32, generator=torch.Generator().manual_seed(4))
+    clean = direct_logit_attribution(model, tokens[0], 5, contrast=9)
+    with mechlab.hooked(model, {mechlab.Site("attn_out", 0): lambda act, site: act + extra}):
+        shifted = direct_logit_attribution(model, tokens[0], 5, contrast=9)
+        _, cache = model.run_with_cache(tokens[:1], names_filter=[mechlab.Site("ln_final_scale").hook_name])
+    scale = cache[mechlab.Site("ln_final_scale").hook_name][0, -1, 0]
+    with torch.no_grad():
+        expected = float(extra / scale * model.ln_final.weight @ (model.W_U[:, 5] - model.W_U[:, 9]))
+    assert abs(expected) > 0.05 and abs(clean.remainder) < 1e-5
+    assert abs(shifted.remainder - expected) < 1e-4
+    # Layer 0's heads are upstream of the edit: their terms change only through the norm scale.
+    torch.testing.assert_close(shifted.heads[0] * shifted.scale, clean.heads[0] * clean.scale)
+    assert float(shifted.attn_bias.abs().max()) == 0.0  # bias-free attention: b_O terms are zero
+
+
+def test_dla_output_bias_terms_are_b_o(tokens) -> None:
+    model = mechlab.load_model("toy:tiny,seed=3").model
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("attn._original_component.o._original_component.bias"):
+                param.copy_(torch.randn(param.shape, generator=generator))
+    assert float(model.b_O.detach().abs().min()) > 0  # the biases reached the model
+    dla = direct_logit_attribution(model, tokens[0], 5)
+    assert abs(dla.remainder) < 1e-4 and float(dla.attn_bias.abs().min()) > 1e-3
 
 
 def test_dla_head_terms_are_each_heads_own_output(
@@ -62,6 +92,24 @@ def test_logit_lens_last_row_is_the_models_logits(tiny: mechlab.LoadedModel, tok
         assert int(lens.ranks(int(logits[0, pos].argmax()))[-1]) == 0
 
 
+def test_logit_lens_reads_each_row_through_the_final_rmsnorm(
+    tiny_llama: mechlab.LoadedModel, tokens: torch.Tensor
+) -> None:
+    model = tiny_llama.model
+    lens = logit_lens(model, tokens[0], pos=6)
+    site = mechlab.Site("resid_pre", 1)
+    with torch.no_grad():
+        logits = model(tokens[:1])[0, 6]
+        _, cache = model.run_with_cache(tokens[:1], names_filter=[site.hook_name])
+        x = cache[site.hook_name][0, 6]
+        rms = (x.pow(2).mean() + model.cfg.eps).sqrt()
+        expected = (x / rms * model.ln_final.weight) @ model.W_U
+    assert model.cfg.normalization_type == "RMS"
+    torch.testing.assert_close(lens.logits[1], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lens.logits[-1], logits, atol=1e-5, rtol=1e-5)
+    assert (lens.logits[1] - lens.logits[-1]).abs().max() > 0.1  # the rows differ: a real check
+
+
 def test_logit_lens_first_row_reads_the_embeddings(
     attn_only: mechlab.LoadedModel, tokens: torch.Tensor
 ) -> None:
@@ -84,5 +132,7 @@ def test_results_render_and_inputs_stay_untouched(tiny: mechlab.LoadedModel, tok
     html = page.render()
     assert "Logit lens" in html and "Direct logit attribution" in html and html.count("data:image/png") == 3
     assert "<script" not in html
-    with pytest.raises(mechlab.InputError, match="outside the prompt"):
+    with pytest.raises(mechlab.InputError, match="reads position 40, but the prompt has 12 tokens"):
         logit_lens(tiny.model, tokens[0], pos=40)
+    with pytest.raises(mechlab.InputError, match=r"logit\('#5'\) @ -13 reads position -13"):
+        direct_logit_attribution(tiny.model, tokens[0], 5, pos=-13)

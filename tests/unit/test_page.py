@@ -93,3 +93,25 @@ def test_colored_tokens_escape_and_scale() -> None:
     html = colored_tokens(["<b>", "\n"], [2.0, -1.0])
     assert "&lt;b&gt;" in html and "↵" in html and "<b>" not in html
     assert "rgba(214,39,40,0.850)" in html and "rgba(31,119,180,0.425)" in html
+
+
+def test_dollar_tokens_are_drawn_not_parsed_as_mathtext() -> None:
+    """Tokens such as "$$" (common in LaTeX-trained vocabularies) once crashed every figure."""
+    from mechlab.explain.attention import AttentionView
+    from mechlab.explain.attribution import Attribution
+
+    tokens = ("$$", " $x$", "\\$\\frac")
+    attribution = Attribution(
+        method="occlusion",
+        tokens=torch.tensor([[1, 2, 3]]),
+        str_tokens=tokens,
+        scores=torch.tensor([0.0, 1.0, -2.0]),
+        target="logit('$$')",
+        value=1.0,
+        baseline_value=None,
+        baseline="replace",
+    )
+    pattern = torch.tril(torch.ones(3, 3)) / torch.arange(1, 4)[:, None]
+    view = AttentionView(torch.tensor([[1, 2, 3]]), tokens, ((0, 0),), pattern[None])
+    html = attribution.page().render(prefix="d") + view.page().render(prefix="v")
+    assert html.count("data:image/png;base64,") == 2 and "$$" in html

@@ -8,7 +8,7 @@ import torch
 
 import mechlab
 from mechlab.explain.probe_data import ProbeDataset, load_probe_dataset
-from mechlab.explain.probes import ProbeConfig, collect_activations, control_labels, fit_probes
+from mechlab.explain.probes import ProbeConfig, collect_activations, control_labels, fit_probes, train_probes
 from mechlab.explain.steering import steer
 from mechlab.metrics import LogitDiff
 
@@ -106,3 +106,28 @@ def test_steering_moves_the_target_along_the_direction(
     assert result.values[0] < result.values[1] < result.values[2]
     assert abs(float(result.values[1]) - result.clean) < 1e-5
     assert result.ablated != pytest.approx(result.clean)
+    with pytest.raises(mechlab.InputError, match=r"not one\. Use a whole site"):
+        steer(model, tokens[0], mechlab.Site("z", 0), torch.ones(8), target)
+    with pytest.raises(mechlab.InputError, match="not one"):
+        steer(model, tokens[0], mechlab.Site("resid_post", 1, pos=3), direction.detach(), target)
+
+
+def test_probe_inputs_that_cannot_work_are_refused(tiny: mechlab.LoadedModel) -> None:
+    data = ProbeDataset.from_lists(["a b", "c d", "e f", "g h"], ["x", "y", "x", "y"])
+    with pytest.raises(mechlab.InputError, match="No layers to probe"):
+        train_probes(tiny.model, data, layers=[])
+    with pytest.raises(mechlab.InputError, match="no tokenizer, so it cannot read text"):
+        train_probes(tiny.model, data, layers=[0])
+    features = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(mechlab.InputError, match="leave 1 for training"):
+        fit_probes(features, data.labels, data.labels, config=ProbeConfig(test_fraction=0.75))
+
+
+def test_probe_cli_rejects_bad_numbers_with_a_usage_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from mechlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["probe", "toy:tiny", "sentiment", "--layers", "1,a"])
+    assert "expected comma-separated integers such as 0,12,-1; got '1,a'" in capsys.readouterr().err
+    assert main(["probe", "toy:tiny", "sentiment", "--test-fraction", "2"]) == 2
+    assert "test_fraction must lie strictly between 0 and 1" in capsys.readouterr().err

@@ -32,6 +32,8 @@ def test_prompts_and_tokens_are_checked(tiny: mechlab.LoadedModel, tokens: torch
         as_tokens(model, torch.zeros(3))
     with pytest.raises(mechlab.InputError, match=r"0\.\.49"):
         as_tokens(model, torch.tensor([1, 50]))
+    with pytest.raises(mechlab.InputError, match="33 tokens long; this model's context holds 32"):
+        as_tokens(model, torch.zeros(33, dtype=torch.long))
     with pytest.raises(mechlab.InputError, match="outside the vocabulary"):
         single_token(model, 77)
     with pytest.raises(mechlab.InputError, match="as a token id"):
