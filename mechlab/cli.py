@@ -212,20 +212,20 @@ def cmd_capture(args: argparse.Namespace, console: Console) -> int:
 
 def detector_table(result: mechlab.DetectorResult, top: int) -> Table:
     control = result.control_samples is not None
-    chance = float(result.baseline.mean.mean())
     table = Table(title=f"{result.name}: {result.description}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("head")
     table.add_column("score", justify="right")
     table.add_column("95% interval", justify="right")
-    table.add_column(f"chance (mean {chance:.3f})", justify="right")
+    table.add_column("chance", justify="right")
+    table.add_column("baseline", justify="right")
     if control:
         table.add_column("no repeat", justify="right")
     table.add_column("verdict")
     colours = {"detected": "bold green", "positional": "yellow", "weak": "dim", "chance": "dim"}
     for rank, row in enumerate(result.top(top), start=1):
         cells = [str(rank), row.label, f"{row.score:.3f}", f"[{row.low:.3f}, {row.high:.3f}]"]
-        cells.append(f"{row.baseline:.3f}")
+        cells += [f"{row.chance:.3f}", f"{row.baseline:.3f}"]
         if control:
             cells.append(f"{row.control:.3f}")
         cells.append(f"[{colours[row.verdict]}]{row.verdict}[/]")
@@ -273,6 +273,10 @@ def cmd_detectors(args: argparse.Namespace, console: Console) -> int:
     table.add_column("provided by", no_wrap=True)
     table.add_column("what a head of this kind does", overflow="fold")
     for name in registry.names():
+        if name in registry.conflicts:
+            providers = " and ".join(entry.provider for entry in registry.conflicts[name])
+            table.add_row(name, providers, "[red]unusable: registered by more than one distribution[/]")
+            continue
         entry = registry.entry(name)
         try:
             description = registry.create(name).description

@@ -1,11 +1,20 @@
-"""Detector results: per-head scores with intervals, the chance baseline, and a verdict per head.
+"""Detector results: per-head scores with intervals, the chance level, and a verdict per head.
 
 Every score is a mean over independent random sequences; its 95% interval is Student's t interval
-of that mean. A head is *detected* when its score reaches the detector's threshold, its interval
-lies above the shuffled-position baseline's interval (it beats chance), and — for content-dependent
-detectors — above the control's interval (it loses its score when the repeat is broken, so it
-attends by content, not by position). Verdicts: ``detected``, ``positional`` (above threshold and
-chance, but as high without the repeat), ``weak`` (above chance, below threshold), ``chance``.
+of that mean. A head *beats chance* when
+
+- (pattern detectors) the interval lies above the exact chance level (``chance_level``: the expected
+  score when the targets sit at random allowed positions);
+- (weight detectors, one exact score) the score is above every one of the null draws — with ``n``
+  draws a head with no structure does that with probability ``1 / (n + 1)``, and ``run_detectors``
+  takes at least 19 draws, so the test has level 0.05;
+- (other detectors, without a closed-form chance) the interval lies above the baseline's interval.
+
+A head is *detected* when it beats chance, its score reaches the detector's threshold, and — for
+content-dependent detectors — its interval lies above the control's interval (it loses its score
+when the repeat is broken, so it attends by content, not by position). Verdicts: ``detected``,
+``positional`` (above threshold and chance, but as high without the repeat), ``weak`` (above chance,
+below threshold), ``chance``.
 """
 
 import dataclasses
@@ -20,20 +29,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechlab.detectors.base import SampleScores
-from mechlab.errors import DetectorPluginError
+from mechlab.errors import FailedDetectorError
 from mechlab.types import HeadScores
 
 # Two-sided 95% quantiles of Student's t for 1-4 degrees of freedom; beyond, the Cornish-Fisher
 # expansion (Abramowitz & Stegun 26.7.5) is within 0.003 of the exact value.
 _T975_SMALL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 _Z975 = 1.959964
-
-_PAGE_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-    "table.mechlab{border-collapse:collapse;margin:1em 0}"
-    "table.mechlab td,table.mechlab th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
-    ".mechlab-error{color:#b00}"
-)
 
 Verdict: TypeAlias = Literal["detected", "positional", "weak", "chance"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
@@ -74,13 +76,20 @@ def mean_interval(samples: Float[Tensor, "sample ..."]) -> Interval:
 
 
 class HeadScore(NamedTuple):
-    """One head's row in a detector result."""
+    """One head's row in a detector result.
+
+    ``chance`` is the level the score had to clear (see the module docstring: the exact chance
+    level, the highest null draw, or the baseline's upper bound); ``baseline`` the mean of the
+    baseline draws (for pattern detectors, of the shuffled-position baseline); ``control`` the mean
+    score with the repeat broken (content-dependent detectors).
+    """
 
     layer: int
     head: int
     score: float
     low: float
     high: float
+    chance: float
     baseline: float
     control: float | None
     verdict: Verdict
@@ -102,10 +111,13 @@ class DetectorResult:
         name, description, threshold: from the detector.
         samples: ``[sample, layer, head]`` scores, one row per random sequence (one row for a
             weight detector, whose score is exact).
-        baseline_samples: the same for the shuffled-position baseline (chance).
+        baseline_samples: the same for the baseline (pattern detectors: the shuffled-position
+            baseline, one draw per sequence; weight detectors: one row per null draw).
         control_samples: the same on the control input with the repeat broken (content-dependent
             detectors only), else ``None``.
         seq_len, seed: the inputs' random-block length and seed (``seq_len`` 0: weights only).
+        chance_samples: the exact chance level of each sequence (``Detector.chance``), or ``None``
+            when the detector has no closed form.
     """
 
     name: str
@@ -116,6 +128,7 @@ class DetectorResult:
     control_samples: SampleScores | None
     seq_len: int
     seed: int
+    chance_samples: Float[Tensor, " sample"] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -141,10 +154,23 @@ class DetectorResult:
         """Scores with the repeat broken (content-dependent detectors), with intervals."""
         return None if self.control_samples is None else mean_interval(self.control_samples)
 
+    @property
+    def chance(self) -> float | None:
+        """The exact chance level averaged over the sequences, or ``None`` if the detector has none."""
+        return None if self.chance_samples is None else float(self.chance_samples.mean())
+
+    def chance_bar(self) -> HeadScores:
+        """Per head, the level the score must clear to beat chance (see the module docstring)."""
+        if self.seq_len == 0:  # a weight detector: one exact score against the null draws
+            return self.baseline_samples.max(0).values
+        if self.chance_samples is not None:
+            return torch.full_like(self.samples[0], float(self.chance_samples.mean()))
+        return self.baseline.high
+
     def verdicts(self) -> list[list[Verdict]]:
         """``[layer][head]`` verdicts (see the module docstring)."""
-        score, base, control = self.stats, self.baseline, self.control
-        above_chance = score.low > base.high
+        score, control = self.stats, self.control
+        above_chance = score.low > self.chance_bar()
         strong = score.mean >= self.threshold
         content = torch.ones_like(strong) if control is None else score.low > control.high
         table: list[list[Verdict]] = []
@@ -162,7 +188,7 @@ class DetectorResult:
 
     def rows(self) -> list[HeadScore]:
         """Every head, sorted by score (highest first)."""
-        score, base, control = self.stats, self.baseline, self.control
+        score, base, control, bar = self.stats, self.baseline, self.control, self.chance_bar()
         verdicts = self.verdicts()
         rows = []
         for layer, head in torch.cartesian_prod(*(torch.arange(n) for n in score.mean.shape)).tolist():
@@ -173,6 +199,7 @@ class DetectorResult:
                     score=float(score.mean[layer, head]),
                     low=float(score.low[layer, head]),
                     high=float(score.high[layer, head]),
+                    chance=float(bar[layer, head]),
                     baseline=float(base.mean[layer, head]),
                     control=None if control is None else float(control.mean[layer, head]),
                     verdict=verdicts[layer][head],
@@ -194,7 +221,7 @@ class DetectorResult:
 
         values = self.scores
         n_layers, n_heads = values.shape
-        chance = float(self.baseline.mean.mean())
+        chance = self.chance if self.chance is not None else float(self.baseline.mean.mean())
         return heatmap(
             values,
             title=f"{self.name} score per head (chance ≈ {chance:.2f}, n = {self.n_samples})",
@@ -211,12 +238,13 @@ class DetectorResult:
         from mechlab.render.figures import png_data_uri
         from mechlab.render.html import escape, image, table
 
-        headers = ["head", "score", "95% interval", "baseline (chance)", "control (no repeat)", "verdict"]
+        headers = ["head", "score", "95% interval", "chance", "baseline", "control (no repeat)", "verdict"]
         body = [
             [
                 row.label,
                 f"{row.score:.3f}",
                 f"[{row.low:.3f}, {row.high:.3f}]",
+                f"{row.chance:.3f}",
                 f"{row.baseline:.3f}",
                 "-" if row.control is None else f"{row.control:.3f}",
                 row.verdict,
@@ -245,12 +273,13 @@ class DetectorResult:
             "samples": self.samples.tolist(),
             "baseline_samples": self.baseline_samples.tolist(),
             "control_samples": None if control is None else control.tolist(),
+            "chance_samples": None if self.chance_samples is None else self.chance_samples.tolist(),
             "top": [row._asdict() for row in self.top(10)],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DetectorResult":
-        control = data["control_samples"]
+        control, chance = data["control_samples"], data.get("chance_samples")
         return cls(
             name=data["name"],
             description=data["description"],
@@ -260,6 +289,7 @@ class DetectorResult:
             control_samples=None if control is None else torch.tensor(control, dtype=torch.float32),
             seq_len=int(data["seq_len"]),
             seed=int(data["seed"]),
+            chance_samples=None if chance is None else torch.tensor(chance, dtype=torch.float32),
         )
 
 
@@ -268,7 +298,9 @@ class DetectorReport(Mapping[str, DetectorResult]):
     """The results of ``run_detectors``, by detector name, plus the detectors that failed.
 
     ``report["induction"]`` is a ``DetectorResult``; asking for a detector that failed raises
-    ``DetectorPluginError`` with its error. ``failures`` maps each failed detector to its message.
+    ``FailedDetectorError`` (a ``DetectorPluginError`` and a ``KeyError``) with its error, so
+    ``"name" in report`` is False and ``report.get("name")`` None for it, as for any missing key.
+    ``failures`` maps each failed detector to its message.
     """
 
     results: dict[str, DetectorResult]
@@ -277,7 +309,7 @@ class DetectorReport(Mapping[str, DetectorResult]):
 
     def __getitem__(self, name: str) -> DetectorResult:
         if name in self.failures:
-            raise DetectorPluginError(self.failures[name])
+            raise FailedDetectorError(self.failures[name])
         return self.results[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -297,14 +329,10 @@ class DetectorReport(Mapping[str, DetectorResult]):
 
     def html_page(self, title: str = "mechlab detectors") -> str:
         """A standalone offline HTML page with every result (figures inlined as PNG data URIs)."""
-        from mechlab.render.html import escape
+        from mechlab.render.html import document, escape
 
         settings = ", ".join(f"{key} {value}" for key, value in self.settings.items())
-        return (
-            f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{_PAGE_STYLE}</style></head><body><h1>{escape(title)}</h1>"
-            f"<p>{escape(settings)}</p>{self._repr_html_()}</body></html>"
-        )
+        return document(title, f"<p>{escape(settings)}</p>{self._repr_html_()}")
 
     def save_html(self, path: Path | str, *, title: str = "mechlab detectors") -> Path:
         """Write ``html_page(title)`` to ``path`` atomically."""

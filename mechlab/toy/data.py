@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechlab.detectors.inputs import TOY_BOS
+from mechlab.models.toy import TOY_BOS
 from mechlab.types import Tokens
 
 Layout: TypeAlias = Literal["random", "fixed"]

@@ -20,8 +20,28 @@ def test_detectors_lists_builtins_with_provider(capsys: pytest.CaptureFixture[st
         "current-token",
         "copying",
     ):
-        assert name in out
-    assert "mechlab" in out
+        rows = [line for line in out.splitlines() if f" {name} " in line]
+        assert rows and "mechlab" in rows[0], f"no row for {name} provided by mechlab in:\n{out}"
+
+
+def test_detectors_shows_a_name_clash_and_keeps_the_rest(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mechlab.detectors.builtin import PreviousTokenDetector
+    from tests.unit.test_detectors import FakeDist, FakeEntryPoint
+
+    points = [
+        FakeEntryPoint("induction", "a:I", FakeDist("pkg-a")),
+        FakeEntryPoint("induction", "b:I", FakeDist("pkg-b")),
+        FakeEntryPoint("previous-token", "x:P", FakeDist("mechlab"), PreviousTokenDetector),
+    ]
+    registry = mechlab.DetectorRegistry.from_entry_points(points)
+    monkeypatch.setattr(mechlab.DetectorRegistry, "from_entry_points", classmethod(lambda cls: registry))
+    assert cli.main(["detectors"]) == 0
+    out = capsys.readouterr().out
+    clash = next(line for line in out.splitlines() if " induction " in line)
+    assert "pkg-a and pkg-b" in clash and "unusable" in clash
+    assert any(" previous-token " in line and "mechlab" in line for line in out.splitlines())
 
 
 def test_detect_on_the_trained_toy(

@@ -86,11 +86,17 @@ def test_duplicate_names_name_both_distributions() -> None:
     points = [
         FakeEntryPoint("induction", "mechlab.detectors.builtin:InductionDetector", FakeDist("mechlab")),
         FakeEntryPoint("induction", "other_pkg:Induction", FakeDist("other-pkg")),
+        FakeEntryPoint("previous-token", "x:P", FakeDist("mechlab"), PreviousTokenDetector),
     ]
-    with pytest.raises(
-        DuplicateDetectorError, match=r"'induction'.*mechlab \(.*\) and other-pkg \(other_pkg"
-    ):
-        DetectorRegistry.from_entry_points(points)
+    registry = DetectorRegistry.from_entry_points(points)  # a clash disables only its own name
+    assert registry.names() == ["induction", "previous-token"]
+    assert registry.create("previous-token").name == "previous-token"
+    assert [entry.provider for entry in registry.conflicts["induction"]] == ["mechlab", "other-pkg"]
+    for use in (registry.entry, registry.create):
+        with pytest.raises(
+            DuplicateDetectorError, match=r"'induction'.*mechlab \(.*\) and other-pkg \(other_pkg"
+        ):
+            use("induction")
 
 
 def test_the_same_distribution_seen_twice_is_not_a_duplicate() -> None:
@@ -190,7 +196,11 @@ def test_result_summaries(attn_only: mechlab.LoadedModel, tmp_path: Path) -> Non
     stats = induction.stats
     assert (stats.low <= stats.mean).all() and (stats.mean <= stats.high).all()
     assert induction.control is not None and copying.control is None
-    assert copying.samples.shape == (1, 2, 4) and copying.baseline_samples.shape == (6, 2, 4)
+    assert copying.samples.shape == (1, 2, 4) and copying.baseline_samples.shape == (
+        19,
+        2,
+        4,
+    )  # MIN_NULL_DRAWS
     rows = induction.rows()
     assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
     assert induction.top(3) == rows[:3] and all(r.verdict in VERDICTS for r in rows)
