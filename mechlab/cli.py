@@ -39,6 +39,9 @@ Examples:
   mechlab detect smollm2 --detector induction --top 5
   mechlab detectors
   mechlab train-toy out/toy-induction
+  mechlab attribute smollm2 "The Eiffel Tower is located in the city of" --target " Paris"
+  mechlab lens smollm2 "The Eiffel Tower is located in the city of" --html lens.html
+  mechlab probe smollm2 sentiment --html probes.html
 """
 
 Handler = Callable[[argparse.Namespace, Console], int]
@@ -439,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=mechlab.ToyTrainConfig.weight_decay)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+
+    from mechlab.cli_explain import add_explain_parsers
+
+    add_explain_parsers(add)
     return parser
 
 

@@ -200,3 +200,13 @@ MSG_DETECTOR_CLASS = (
     "site kinds, set by PatternDetector and WeightDetector), threshold (a number) and "
     "content_dependent (a bool); see mechlab.Detector."
 )
+
+MSG_NOT_ONE_TOKEN = (
+    "The {what} {text!r} is not one token: this model's tokenizer splits it into {n} tokens "
+    "{pieces}, and a {what} must be a single token.\n{suggestions}"
+)
+
+MSG_NO_PAD_TOKEN = (
+    "baseline='pad' needs the model's pad (or end-of-sequence) token, and this model has no "
+    "tokenizer. Pass baseline='zeros' (all-zero embeddings) or a token id, e.g. baseline=0."
+)

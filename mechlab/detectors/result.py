@@ -30,6 +30,8 @@ from torch import Tensor
 
 from mechlab.detectors.base import SampleScores
 from mechlab.errors import FailedDetectorError
+from mechlab.render.html import atomic_write
+from mechlab.render.page import Page
 from mechlab.types import HeadScores
 
 # Two-sided 95% quantiles of Student's t for 1-4 degrees of freedom; beyond, the Cornish-Fisher
@@ -234,10 +236,8 @@ class DetectorResult:
             annotate=n_layers * n_heads <= 64,
         )
 
-    def _repr_html_(self) -> str:
-        from mechlab.render.figures import png_data_uri
-        from mechlab.render.html import escape, image, table
-
+    def add_to(self, page: Page) -> Page:
+        """Append this result as a section of ``page`` (text, top-10 table, heatmap); returns it."""
         headers = ["head", "score", "95% interval", "chance", "baseline", "control (no repeat)", "verdict"]
         body = [
             [
@@ -252,14 +252,19 @@ class DetectorResult:
             for row in self.top(10)
         ]
         found = ", ".join(row.label for row in self.detected()) or "none"
-        return (
-            f'<div class="mechlab-detector"><h3>{escape(self.name)}</h3>'
-            f"<p>{escape(self.description)}. Detected heads (threshold {self.threshold}): "
-            f"{escape(found)}.</p>"
-            + table(headers, body, caption=f"Top heads over {self.n_samples} sample(s)")
-            + image(png_data_uri(self.plot()), alt=f"{self.name} scores per head")
-            + "</div>"
+        section = page.section(
+            self.name, f"{self.description}. Detected heads (threshold {self.threshold}): {found}."
         )
+        section.table(headers, body, caption=f"Top heads over {self.n_samples} sample(s)")
+        section.figure(self.plot(), alt=f"{self.name} scores per head")
+        return page
+
+    def page(self) -> Page:
+        """An offline page with this result (``.render()`` for HTML, ``.save(path)`` to a file)."""
+        return self.add_to(Page(f"mechlab detector: {self.name}"))
+
+    def _repr_html_(self) -> str:
+        return self.page()._repr_html_()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``from_dict`` reads it back)."""
@@ -318,27 +323,28 @@ class DetectorReport(Mapping[str, DetectorResult]):
     def __len__(self) -> int:
         return len(self.results)
 
-    def _repr_html_(self) -> str:
-        from mechlab.render.html import escape
+    def page(self, title: str = "mechlab detectors") -> Page:
+        """An offline page with every result (settings, failures, one section per detector)."""
+        settings = ", ".join(f"{key} {value}" for key, value in self.settings.items())
+        page = Page(title, subtitle=settings)
+        if self.failures:
+            failed = page.section("Failed detectors")
+            for name, message in self.failures.items():
+                failed.text(f"{name} failed: {message}")
+        for result in self.results.values():
+            result.add_to(page)
+        return page
 
-        failed = "".join(
-            f'<p class="mechlab-error"><b>{escape(name)} failed:</b> {escape(message)}</p>'
-            for name, message in self.failures.items()
-        )
-        return failed + "".join(result._repr_html_() for result in self.results.values())
+    def _repr_html_(self) -> str:
+        return self.page()._repr_html_()
 
     def html_page(self, title: str = "mechlab detectors") -> str:
-        """A standalone offline HTML page with every result (figures inlined as PNG data URIs)."""
-        from mechlab.render.html import document, escape
-
-        settings = ", ".join(f"{key} {value}" for key, value in self.settings.items())
-        return document(title, f"<p>{escape(settings)}</p>{self._repr_html_()}")
+        """A standalone offline HTML document with every result (figures inlined as PNG data URIs)."""
+        return self.page(title).render()
 
     def save_html(self, path: Path | str, *, title: str = "mechlab detectors") -> Path:
         """Write ``html_page(title)`` to ``path`` atomically."""
-        from mechlab.render.html import atomic_write
-
-        return atomic_write(Path(path), self.html_page(title))
+        return self.page(title).save(path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -349,8 +355,6 @@ class DetectorReport(Mapping[str, DetectorResult]):
 
     def save(self, path: Path | str) -> Path:
         """Write the report as JSON (atomically); ``DetectorReport.load`` reads it back."""
-        from mechlab.render.html import atomic_write
-
         return atomic_write(Path(path), json.dumps(self.to_dict(), indent=1))
 
     @classmethod

@@ -55,20 +55,3 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-DOCUMENT_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-    "table.mechlab{border-collapse:collapse;margin:1em 0}"
-    "table.mechlab td,table.mechlab th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
-    ".mechlab-error{color:#b00}"
-)
-
-
-def document(title: str, body: str, *, style: str = DOCUMENT_STYLE) -> str:
-    """A standalone offline HTML page: ``title`` (escaped) as its title and heading, then ``body``
-    (HTML built with this module's helpers), with no external resource."""
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{style}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>"
-    )

@@ -56,7 +56,7 @@ def test_detect_on_the_trained_toy(
     top = saved["results"]["induction"]["top"][0]
     assert top["layer"] == 1 and top["verdict"] == "detected"
     assert f"{top['layer']}.{top['head']}" in out
-    assert html.read_text().startswith("<!doctype html>")
+    assert html.read_text().startswith("<!DOCTYPE html>")
 
 
 def test_detect_unknown_detector_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,7 @@
 """The detector registry, run_detectors and DetectorResult on tiny seeded models."""
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -213,7 +214,9 @@ def test_result_summaries(attn_only: mechlab.LoadedModel, tmp_path: Path) -> Non
     assert torch.equal(loaded["induction"].samples, induction.samples)
     assert loaded["copying"].top(3) == copying.top(3)
     page = report.save_html(tmp_path / "report.html", title="<toy>").read_text()
-    assert page.startswith("<!doctype html>") and "&lt;toy&gt;" in page and "http" not in page
+    assert page.startswith("<!DOCTYPE html>") and "&lt;toy&gt;" in page
+    assert "Content-Security-Policy" in page and not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
+    assert page.count("<section") == 2 and page.count("data:image/png;base64,") == 2
 
 
 def test_untrained_model_has_no_induction_heads(attn_only: mechlab.LoadedModel) -> None:

@@ -1,0 +1,1 @@
+"""Data files shipped with mechlab (probing datasets; see ``make_probe_data.py``)."""

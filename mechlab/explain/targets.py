@@ -1,0 +1,194 @@
+"""Targets: the one number an explanation explains, and the prompt it is computed on.
+
+Every explanation method asks "why is this number what it is?" about a scalar read from the
+model's logits: the logit, log-probability or probability of one next token, or the logit
+difference between a token and a contrast token (" she" vs " he"), at one output position. A
+``Target`` is such a ``mechlab.metrics`` metric plus a readable label and the token ids it reads.
+
+A target token must be a *single* token. ``single_token`` turns text into its id or raises an
+``InputError`` that shows how the text tokenizes and which single-token spellings exist.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal, cast, get_args
+
+import torch
+from torch import Tensor
+
+from mechlab.errors import MSG_NOT_ONE_TOKEN, InputError
+from mechlab.generation import encode_prompt
+from mechlab.metrics import AnswerLogit, AnswerLogProb, AnswerProb, LogitDiff
+from mechlab.types import HookedModel, Tokens
+
+TargetKind = Literal["logit", "logprob", "prob"]
+TARGET_KINDS: tuple[str, ...] = get_args(TargetKind)
+# A metric (``mechlab.metrics``): logits ``[*variants, batch, pos, d_vocab]`` → ``[*variants, batch]``.
+MetricFn = Callable[[Tensor], Tensor]
+
+_METRICS: dict[str, Callable[[int, int], MetricFn]] = {
+    "logit": AnswerLogit,
+    "logprob": AnswerLogProb,
+    "prob": AnswerProb,
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Target:
+    """A scalar of the model's output to explain.
+
+    Attributes:
+        metric: maps logits ``[*variants, batch, pos, d_vocab]`` to ``[*variants, batch]``.
+        label: how the target reads in tables and pages, e.g. ``logprob(' Paris')``.
+        token: the answer token id (``None`` for a custom metric).
+        contrast: the contrast token id of a logit difference, else ``None``.
+        kind: ``logit``, ``logprob``, ``prob``, ``logit_diff`` or ``custom``.
+        pos: the output position the metric reads.
+    """
+
+    metric: MetricFn
+    label: str
+    token: int | None = None
+    contrast: int | None = None
+    kind: str = "custom"
+    pos: int = -1
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return self.metric(logits)
+
+
+TargetSpec = Target | MetricFn | str | int
+
+
+def as_tokens(model: HookedModel, prompt: str | Tensor) -> Tokens:
+    """One prompt as ``[1, pos]`` token ids (a copy; text goes through the model's tokenizer).
+
+    Raises:
+        InputError: more than one prompt, an empty prompt, or non-integer ids.
+    """
+    if isinstance(prompt, str):
+        return encode_prompt(model, prompt)[1]
+    if prompt.is_floating_point() or prompt.is_complex():
+        raise InputError(f"Expected integer token ids, got a {prompt.dtype} tensor.")
+    tokens = prompt.detach().clone()
+    if tokens.ndim == 1:
+        tokens = tokens.unsqueeze(0)
+    if tokens.ndim != 2 or tokens.shape[0] != 1 or tokens.shape[1] == 0:
+        raise InputError(
+            f"Expected one prompt as token ids of shape [pos] or [1, pos], got shape "
+            f"{tuple(prompt.shape)}. Explain one prompt at a time."
+        )
+    d_vocab = int(model.cfg.d_vocab)
+    if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
+        raise InputError(f"Token ids must lie in 0..{d_vocab - 1}; got {tokens.min()}..{tokens.max()}.")
+    return tokens
+
+
+def token_text(model: HookedModel, token_id: int) -> str:
+    """The text of one token id (``#id`` for models without a tokenizer)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    return f"#{token_id}" if tokenizer is None else str(tokenizer.decode([int(token_id)]))
+
+
+def str_tokens(model: HookedModel, tokens: Tensor) -> tuple[str, ...]:
+    """The text of each token of a ``[1, pos]`` or ``[pos]`` prompt."""
+    return tuple(token_text(model, int(t)) for t in tokens.reshape(-1).tolist())
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
+
+
+def _suggestions(tokenizer: Any, text: str, ids: list[int]) -> str:
+    lines = []
+    if ids:
+        first = tokenizer.decode([ids[0]])
+        lines.append(f"  {first!r}  (its first token; an answer's first token is the usual target)")
+    stripped = text.strip()
+    for variant in dict.fromkeys(
+        [" " + stripped, stripped, " " + stripped.capitalize(), " " + stripped.lower()]
+    ):
+        if variant != text and len(_encode(tokenizer, variant)) == 1:
+            lines.append(f"  {variant!r}  (a single token)")
+    if not lines:
+        return "Pick a shorter word, or attribute its first token."
+    return "Single-token alternatives:\n" + "\n".join(lines)
+
+
+def single_token(model: HookedModel, token: str | int, *, what: str = "target") -> int:
+    """The id of a single-token ``token`` (text or id).
+
+    Raises:
+        InputError: the text is not exactly one token (the message shows its tokenization and
+            single-token alternatives), the id is out of range, or a toy model got text.
+    """
+    d_vocab = int(model.cfg.d_vocab)
+    if isinstance(token, int):
+        if not 0 <= token < d_vocab:
+            raise InputError(f"The {what} token id {token} is outside the vocabulary 0..{d_vocab - 1}.")
+        return token
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise InputError(f"This model has no tokenizer; give the {what} as a token id (0..{d_vocab - 1}).")
+    if token == "":
+        raise InputError(f"The {what} is empty; give the next token to explain, e.g. ' Paris'.")
+    ids = _encode(tokenizer, token)
+    if len(ids) != 1:
+        pieces = "[" + ", ".join(repr(tokenizer.decode([i])) for i in ids) + "]"
+        raise InputError(
+            MSG_NOT_ONE_TOKEN.format(
+                what=what,
+                text=token,
+                n=len(ids),
+                pieces=pieces,
+                suggestions=_suggestions(tokenizer, token, ids),
+            )
+        )
+    return ids[0]
+
+
+def make_target(
+    model: HookedModel,
+    token: str | int,
+    *,
+    contrast: str | int | None = None,
+    kind: TargetKind = "logprob",
+    pos: int = -1,
+) -> Target:
+    """A target from token text or ids: ``kind`` of ``token`` at ``pos``, or a logit difference.
+
+    With ``contrast`` the target is ``logit[token] - logit[contrast]`` (``kind`` is ignored: the
+    log-softmax normalizer cancels, so the log-prob difference is the same number).
+
+    Raises:
+        InputError: a token that is not exactly one token, or an unknown ``kind``.
+    """
+    if kind not in TARGET_KINDS:
+        raise InputError(f"Unknown target kind {kind!r}; choose one of {', '.join(TARGET_KINDS)}.")
+    answer = single_token(model, token)
+    name = repr(token_text(model, answer))
+    where = "" if pos == -1 else f" @ {pos}"
+    if contrast is not None:
+        wrong = single_token(model, contrast, what="contrast")
+        label = f"logit({name}) − logit({token_text(model, wrong)!r}){where}"
+        return Target(LogitDiff(answer, wrong, pos), label, answer, wrong, "logit_diff", pos)
+    return Target(_METRICS[kind](answer, pos), f"{kind}({name}){where}", answer, None, kind, pos)
+
+
+def resolve_target(model: HookedModel, target: TargetSpec) -> Target:
+    """Accept a ``Target``, any metric callable, or a token (its log-prob at the last position)."""
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str | int):
+        return make_target(model, target)
+    if callable(target):
+        pos = getattr(target, "pos", -1)
+        return Target(cast(MetricFn, target), type(target).__name__, pos=pos if isinstance(pos, int) else -1)
+    raise InputError(f"A target is a token (text or id), a Target or a metric callable; got {type(target)}.")
+
+
+def top_next_tokens(model: HookedModel, logits: Tensor, k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` most likely next tokens at the last position of ``[1, pos, d_vocab]`` logits."""
+    probs = torch.softmax(logits[0, -1].float(), dim=-1)
+    top = torch.topk(probs, k)
+    return [(token_text(model, int(i)), float(p)) for p, i in zip(top.values, top.indices, strict=True)]

@@ -1,0 +1,95 @@
+"""The offline page builder: escaping, one embedded bundle, no remote sources, stable ids."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from mechlab.render.page import Page, circuitsvis_bundle, script_json
+from mechlab.render.tokens import colored_tokens
+
+EVIL = '</script><script>alert("x")</script><!-- & \u2028'
+REMOTE = re.compile(r"""<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*["']?\s*(https?:)?//""", re.I)
+
+
+def attention_page(prefix: str | None = "t") -> Page:
+    page = Page("Title <b>", subtitle=EVIL, id_prefix=prefix)
+    section = page.section("Heads & tokens", EVIL)
+    tokens = ["a", EVIL, "c"]
+    pattern = torch.tril(torch.ones(3, 3)) / torch.arange(1, 4)[:, None]
+    for layer in range(2):
+        section.widget("AttentionHeads", {"attention": pattern[None], "tokens": tokens}, caption=f"L{layer}")
+    section.table(["token"], [[EVIL]])
+    return page
+
+
+def test_script_json_cannot_close_a_script_or_open_a_comment() -> None:
+    text = script_json({"tokens": [EVIL]})
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert "\\u003c/script\\u003e" in text
+
+
+def test_tokens_are_escaped_everywhere_and_scripts_stay_balanced() -> None:
+    html = attention_page().render()
+    assert EVIL not in html and "<script>alert" not in html and "<!-- &" not in html
+    outside = html.replace(circuitsvis_bundle(), "")
+    assert outside.count("<script") == outside.count("</script>") == 2  # the bundle's and the mounts'
+    assert "</script" not in circuitsvis_bundle()
+    assert "&lt;/script&gt;" in html and "&lt;b&gt;" in html
+    assert 'alert(\\"x\\")' in html  # the token survives, JSON-escaped, in the mount data
+
+
+def test_the_bundle_is_embedded_once_for_many_widgets() -> None:
+    html = attention_page().render()
+    marker = circuitsvis_bundle()[:200]
+    assert html.count(marker) == 1
+    assert html.count('class="widget"') == 2
+    assert len(html) < len(circuitsvis_bundle()) + 100_000
+
+
+def test_page_has_no_remote_sources_and_forbids_fetching() -> None:
+    html = attention_page().render()
+    assert REMOTE.search(html) is None
+    assert "default-src 'none'" in html and "connect-src 'none'" in html
+    assert "sourceMappingURL" not in html
+
+
+def test_ids_are_injectable_and_deterministic() -> None:
+    assert attention_page("snap").render() == attention_page("snap").render()
+    assert 'id="snap-w0"' in attention_page("snap").render()
+    first, second = attention_page(None).body(), attention_page(None).body()
+    assert re.search(r'id="(mechlab-\d+)-w0"', first).group(1) != re.search(
+        r'id="(mechlab-\d+)-w0"', second
+    ).group(1)
+
+
+def test_pages_without_widgets_carry_no_javascript() -> None:
+    page = Page("Plain", id_prefix="p")
+    page.section("Numbers").table(["a"], [[1]]).text("text")
+    assert "<script" not in page.render()
+
+
+def test_figures_become_data_uris_and_save_is_atomic(tmp_path: Path) -> None:
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    page = Page("Fig", id_prefix="f")
+    page.section("A figure").figure(fig, alt="a line")
+    path = page.save(tmp_path / "page.html")
+    text = path.read_text()
+    assert 'src="data:image/png;base64,' in text
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]
+
+
+def test_bad_widget_and_prefix_are_rejected() -> None:
+    with pytest.raises(ValueError, match="Unknown circuitsvis component"):
+        Page("x").section("s").widget("NoSuchThing", {})
+    with pytest.raises(ValueError, match="id_prefix"):
+        Page("x", id_prefix='"><script>')
+
+
+def test_colored_tokens_escape_and_scale() -> None:
+    html = colored_tokens(["<b>", "\n"], [2.0, -1.0])
+    assert "&lt;b&gt;" in html and "↵" in html and "<b>" not in html
+    assert "rgba(214,39,40,0.850)" in html and "rgba(31,119,180,0.425)" in html
