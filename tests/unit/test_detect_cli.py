@@ -1,6 +1,5 @@
 """The detect, detectors and train-toy commands."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -42,21 +41,6 @@ def test_detectors_shows_a_name_clash_and_keeps_the_rest(
     clash = next(line for line in out.splitlines() if " induction " in line)
     assert "pkg-a and pkg-b" in clash and "unusable" in clash
     assert any(" previous-token " in line and "mechlab" in line for line in out.splitlines())
-
-
-def test_detect_on_the_trained_toy(
-    induction_toy_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    html, data = tmp_path / "report.html", tmp_path / "report.json"
-    argv = ["detect", f"toy:{induction_toy_dir}", "--detector", "induction", "--detector", "previous-token"]
-    assert cli.main([*argv, "--top", "3", "--html", str(html), "--json", str(data)]) == 0
-    out = capsys.readouterr().out
-    assert "95% interval" in out and "detected" in out
-    saved = json.loads(data.read_text())
-    top = saved["results"]["induction"]["top"][0]
-    assert top["layer"] == 1 and top["verdict"] == "detected"
-    assert f"{top['layer']}.{top['head']}" in out
-    assert html.read_text().startswith("<!DOCTYPE html>")
 
 
 def test_detect_unknown_detector_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

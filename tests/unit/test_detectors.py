@@ -134,6 +134,52 @@ def test_a_failing_plugin_is_reported_and_the_others_kept(attn_only: mechlab.Loa
     assert "expected [sample, 2, 4]" in report.failures["wrong-shape"]
     with pytest.raises(DetectorPluginError, match="plugin bug"):
         report["failing"]
+    # A failed detector is a missing key for the Mapping protocol.
+    assert "failing" not in report and report.get("failing") is None and "induction" in report
+    with pytest.raises(KeyError):
+        report["failing"]
+
+
+class RaisesOnCreate(PreviousTokenDetector):
+    name: ClassVar[str] = "raises-on-create"
+
+    def __init__(self) -> None:
+        raise RuntimeError("needs a config file")
+
+
+def test_a_plugin_whose_constructor_raises_breaks_only_itself(attn_only: mechlab.LoadedModel) -> None:
+    broken = FakeEntryPoint("raises-on-create", "b:R", FakeDist("broken-pkg"), RaisesOnCreate)
+    good = FakeEntryPoint("previous-token", "x:P", FakeDist("mechlab"), PreviousTokenDetector)
+    registry = DetectorRegistry.from_entry_points([broken, good])
+    with pytest.raises(DetectorPluginError, match=r"raised RuntimeError while being created: needs a config"):
+        registry.create("raises-on-create")
+    report = run_detectors(attn_only.model, None, n_samples=2, registry=registry)
+    assert list(report) == ["previous-token"] and "needs a config" in report.failures["raises-on-create"]
+
+
+def test_detector_classes_are_checked_when_defined() -> None:
+    with pytest.raises(
+        DetectorPluginError, match=r"NoDescription.*description is None.*see mechlab.Detector"
+    ):
+
+        class NoDescription(PatternDetector):
+            name: ClassVar[str] = "no-description"
+
+            def expected_pattern(self, tokens: torch.Tensor) -> torch.Tensor:
+                return torch.zeros(tokens.shape[0], tokens.shape[1], tokens.shape[1])
+
+    with pytest.raises(DetectorPluginError, match=r"threshold is 'high'"):
+
+        class BadThreshold(PreviousTokenDetector):
+            threshold: ClassVar[Any] = "high"
+
+
+def test_instances_are_checked_too(attn_only: mechlab.LoadedModel) -> None:
+    broken = PreviousTokenDetector()
+    broken.description = ""  # type: ignore[misc]
+    report = run_detectors(attn_only.model, [broken, "induction"], n_samples=2)
+    assert list(report) == ["induction"]
+    assert "description is ''" in report.failures["previous-token"]
 
 
 def test_an_unloadable_plugin_does_not_stop_the_others(attn_only: mechlab.LoadedModel) -> None:
@@ -232,3 +278,15 @@ def test_bad_settings_are_input_errors(attn_only: mechlab.LoadedModel) -> None:
         run_detectors(attn_only.model, ["induction"], seq_len=40)
     with pytest.raises(InputError, match="induction requested more than once"):
         run_detectors(attn_only.model, ["induction", InductionDetector()])
+    with pytest.raises(InputError, match="batch_size must be at least 1"):
+        run_detectors(attn_only.model, ["induction"], batch_size=0)
+
+
+def test_copying_on_an_untrained_model_is_chance() -> None:
+    """Each head's one exact score is compared with the highest of 19 null draws (level 0.05). The
+    earlier comparison with the interval of the null draws' mean called 3 of these 8 heads copying."""
+    model = mechlab.load_model("toy:attn-only-2l,seed=1").model
+    verdicts = [
+        v for row in run_detectors(model, ["copying"], n_samples=2)["copying"].verdicts() for v in row
+    ]
+    assert sum(v != "chance" for v in verdicts) <= 1
