@@ -5,9 +5,10 @@ of that mean. A head *beats chance* when
 
 - (pattern detectors) the interval lies above the exact chance level (``chance_level``: the expected
   score when the targets sit at random allowed positions);
-- (weight detectors, one exact score) the score is above every one of the null draws — with ``n``
-  draws a head with no structure does that with probability ``1 / (n + 1)``, and ``run_detectors``
-  takes at least 19 draws, so the test has level 0.05;
+- (weight detectors, one exact score) the score is above the one-sided 97.5% *prediction bound* of
+  the null draws, ``mean + t(n-1) · sd · sqrt(1 + 1/n)``: where one more null draw would fall with
+  probability 0.975 (normal null). The interval of the null draws' *mean* is the wrong reference
+  for a single value: it shrinks with ``n`` while a single draw's spread does not;
 - (other detectors, without a closed-form chance) the interval lies above the baseline's interval.
 
 A head is *detected* when it beats chance, its score reaches the detector's threshold, and — for
@@ -77,11 +78,24 @@ def mean_interval(samples: Float[Tensor, "sample ..."]) -> Interval:
     return Interval(mean, mean - half, mean + half)
 
 
+def null_prediction_bound(draws: Float[Tensor, "draw ..."]) -> Float[Tensor, "..."]:
+    """The one-sided 97.5% prediction bound for one more draw: ``mean + t(n-1) · sd · sqrt(1 + 1/n)``.
+
+    Raises:
+        ValueError: fewer than 2 draws (no spread to estimate).
+    """
+    n = draws.shape[0]
+    if n < 2:
+        raise ValueError(f"A prediction bound needs at least 2 null draws; got {n}.")
+    spread = draws.std(0, correction=1) * math.sqrt(1 + 1 / n)
+    return draws.mean(0) + t_quantile_975(n - 1) * spread
+
+
 class HeadScore(NamedTuple):
     """One head's row in a detector result.
 
     ``chance`` is the level the score had to clear (see the module docstring: the exact chance
-    level, the highest null draw, or the baseline's upper bound); ``baseline`` the mean of the
+    level, the null draws' prediction bound, or the baseline's upper bound); ``baseline`` the mean of the
     baseline draws (for pattern detectors, of the shuffled-position baseline); ``control`` the mean
     score with the repeat broken (content-dependent detectors).
     """
@@ -164,7 +178,7 @@ class DetectorResult:
     def chance_bar(self) -> HeadScores:
         """Per head, the level the score must clear to beat chance (see the module docstring)."""
         if self.seq_len == 0:  # a weight detector: one exact score against the null draws
-            return self.baseline_samples.max(0).values
+            return null_prediction_bound(self.baseline_samples)
         if self.chance_samples is not None:
             return torch.full_like(self.samples[0], float(self.chance_samples.mean()))
         return self.baseline.high

@@ -1,8 +1,6 @@
 """The circuits the trained toy models contain (REFERENCES.md): the induction circuit on the random
 layout, positional heads and no induction head on the fixed layout."""
 
-import torch
-
 import mechlab
 from mechlab import Site, run_detectors
 
@@ -23,12 +21,7 @@ def test_trained_toy_has_the_induction_circuit(induction_toy: mechlab.TrainedToy
     assert (top.layer, top.head) in {(row.layer, row.head) for row in copying.detected()}
     assert float(copying.scores[prev[0].layer, prev[0].head]) < 0.5
 
-    def zero(act: torch.Tensor, site: Site) -> torch.Tensor:
-        out = act.clone()
-        out[site.index(act)] = 0.0
-        return out
-
-    with mechlab.hooked(model, {Site("z", prev[0].layer, prev[0].head): zero}):
+    with mechlab.hooked(model, mechlab.zero_ablation([Site("z", prev[0].layer, prev[0].head)])):
         ablated = run_detectors(model, ["induction"], n_samples=16)["induction"]
     after = float(ablated.scores[top.layer, top.head])
     assert after < 0.3 and after < top.score / 3

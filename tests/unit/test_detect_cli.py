@@ -43,6 +43,12 @@ def test_detectors_shows_a_name_clash_and_keeps_the_rest(
     assert any(" previous-token " in line and "mechlab" in line for line in out.splitlines())
 
 
+def test_detect_rejects_a_top_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["detect", "toy:attn-only-2l", "--top", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_detect_unknown_detector_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["detect", "toy:attn-only-2l", "--detector", "inducton"]) == 2
     err = capsys.readouterr().err

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from jaxtyping import TypeCheckError
 
 import mechlab
 from mechlab.toy import induction_batch
@@ -44,12 +45,18 @@ def test_fixed_layout_is_bos_r_r() -> None:
 
 
 def test_config_is_validated() -> None:
-    with pytest.raises(ValueError, match="layout must be one of"):
-        mechlab.ToyTrainConfig(layout="shifted")
+    # Under the tests' runtime type checks the Literal annotation refuses it first; without them,
+    # __post_init__ raises ValueError("layout must be one of ...").
+    with pytest.raises((ValueError, TypeCheckError), match="layout"):
+        mechlab.ToyTrainConfig(layout="shifted")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         mechlab.ToyTrainConfig(steps=0)
     with pytest.raises(ValueError, match="does not fit twice"):
-        mechlab.ToyTrainConfig(min_repeat=40).model_config()
+        mechlab.ToyTrainConfig(min_repeat=40)  # checked when the config is made
+    with pytest.raises(ValueError, match="log_every must be a positive number of steps; got 0"):
+        mechlab.train_induction_toy(mechlab.ToyTrainConfig(steps=1), log_every=0)
+    with pytest.raises(ValueError, match="cpu_threads must be a positive integer or None"):
+        mechlab.train_induction_toy(mechlab.ToyTrainConfig(steps=1), cpu_threads=0)
 
 
 def test_training_is_deterministic_silent_and_reports_progress(
