@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import mechlab
+from mechlab.detectors.result import t_quantile_975
 
 
 @pytest.fixture(scope="module")
@@ -54,5 +55,8 @@ def test_induction_heads_copy(smollm2: mechlab.LoadedModel, report: mechlab.Dete
     scores = [float(copying.scores[head]) for head in heads]
     assert sum(scores) / len(scores) > 0.25
     best = next(row for row in copying.rows() if (row.layer, row.head) == (18, 6))
-    assert best.score > best.chance == float(copying.baseline_samples[:, 18, 6].max())
-    assert best.verdict != "chance"
+    null_18_6 = copying.baseline_samples[:, 18, 6]
+    n = null_18_6.numel()
+    bound = float(null_18_6.mean() + t_quantile_975(n - 1) * null_18_6.std() * (1 + 1 / n) ** 0.5)
+    assert best.chance == pytest.approx(bound, rel=1e-5) and best.chance > float(null_18_6.max())
+    assert best.score > best.chance and best.verdict != "chance"
