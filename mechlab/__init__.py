@@ -67,6 +67,10 @@ from mechlab.explain import (
     steer_with_probe,
     train_probes,
 )
+
+# This binds ``mechlab.explain`` to the one-call report function, over the subpackage's name; the
+# methods stay importable with ``from mechlab.explain import logit_lens`` and are re-exported here.
+from mechlab.explain.explanation import ExplainSettings, Explanation, HeadFinding, explain
 from mechlab.generation import Completion, encode_prompt, generate, next_token_alternatives
 from mechlab.interventions.attribution_patching import Agreement, agreement, attribution_patch
 from mechlab.interventions.edges import EdgeScores, eap_ig
@@ -125,6 +129,9 @@ __all__ = [
     "DirectLogitAttribution",
     "DuplicateDetectorError",
     "EdgeScores",
+    "ExplainSettings",
+    "Explanation",
+    "HeadFinding",
     "HeadScore",
     "HookError",
     "HookedModel",
@@ -180,6 +187,7 @@ __all__ = [
     "eap_ig",
     "encode_prompt",
     "estimate_memory",
+    "explain",
     "generate",
     "gradient_x_input",
     "head_sites",

@@ -455,8 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
 
     from mechlab.cli_explain import add_explain_parsers
+    from mechlab.cli_report import add_report_parser
 
     add_explain_parsers(add)
+    add_report_parser(add)
     return parser
 
 

@@ -195,12 +195,17 @@ class PatchResult:
         flat = values.reshape(-1, values.shape[-1])
         return flat, self.labels[2], rows, self.axes[2], f"{self.axes[0]}.{self.axes[1]}"
 
-    def plot(self, *, normalized: bool = True, title: str | None = None) -> Figure:
-        """A heatmap of the (normalized, where defined) patched metric over the grid."""
-        use_norm = normalized and self.normalizable
-        data = self.normalized if use_norm else self.values
+    def plot(self, *, normalized: bool = True, effect: bool = False, title: str | None = None) -> Figure:
+        """A heatmap over the grid of the normalized patched metric (where defined), of the raw
+        patched metric (``normalized=False``), or of ``effect`` (``effect=True``)."""
+        use_norm = normalized and self.normalizable and not effect
+        if effect:
+            data, what = self.effect, ("effect" if self.normalizable else f"effect on {self.metric}")
+        elif use_norm:
+            data, what = self.normalized, "normalized effect"
+        else:
+            data, what = self.values, self.metric
         grid, xt, yt, xlabel, ylabel = self._grid2d(data)
-        what = "normalized effect" if use_norm else self.metric
         return figures.heatmap(
             grid,
             title=title or f"{self.method} patching ({self.direction}): {what}",

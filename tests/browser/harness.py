@@ -15,7 +15,8 @@ from typing import Any
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 DRIVER_CANDIDATES = ("/usr/bin/chromedriver",)
-LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome-error:")
+# chrome:// and chrome-error:// are the browser's own resources, never fetched from a network.
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "chrome-error:")
 
 
 def find(candidates: tuple[str, ...], name: str) -> str | None:
@@ -91,3 +92,45 @@ def visit(driver: Any, path: Path, *, settle_s: float = 1.5) -> PageVisit:
             requests.append(message["params"]["request"]["url"])
     errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     return PageVisit(errors, requests, dialogs, driver.get_screenshot_as_png(), driver)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.browser.harness PAGE.html OUT.png [--at HEADING]``: screenshot a page offline.
+
+    ``--at`` scrolls the ``<h2>`` whose text starts with HEADING to the top first.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("page", type=Path)
+    parser.add_argument("png", type=Path)
+    parser.add_argument("--at", metavar="HEADING")
+    args = parser.parse_args(argv)
+    driver = chromium_driver()
+    try:
+        seen = visit(driver, args.page, settle_s=4)
+        if seen.external_requests or seen.console_errors:
+            print(f"requests: {seen.external_requests}\nconsole errors: {seen.console_errors}")
+            return 1
+        screenshot = seen.screenshot
+        if args.at:
+            found = driver.execute_script(
+                "const h = Array.from(document.querySelectorAll('h2'))"
+                ".find(e => e.textContent.startsWith(arguments[0]));"
+                "if (h) { h.scrollIntoView(); } return Boolean(h);",
+                args.at,
+            )
+            if not found:
+                print(f"no <h2> starting with {args.at!r} in {args.page}")
+                return 1
+            time.sleep(0.5)
+            screenshot = driver.get_screenshot_as_png()
+    finally:
+        driver.quit()
+    args.png.write_bytes(screenshot)
+    print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

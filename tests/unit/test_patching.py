@@ -239,6 +239,12 @@ def test_result_views(tiny, pair) -> None:
     page = result._repr_html_()
     assert "<img" in page and "<table" in page and "data:image/png;base64," in page
     assert result.plot().axes[0].get_title().startswith("activation patching")
+    shown = {
+        name: torch.tensor(fig.axes[0].images[0].get_array()).float()
+        for name, fig in (("effect", result.plot(effect=True)), ("values", result.plot(normalized=False)))
+    }
+    assert torch.allclose(shown["effect"], result.effect.reshape(8, 8).float(), atol=1e-6)
+    assert torch.allclose(shown["values"], result.values.reshape(8, 8).float(), atol=1e-6)
 
 
 def test_results_without_a_normalized_effect_fall_back_to_the_change(tiny, pair) -> None:

@@ -1,0 +1,133 @@
+"""The ``explain`` sub-command: one prompt in, one self-contained offline HTML report out.
+
+Registered into ``mechlab.cli`` by ``add_report_parser``; a thin layer over ``mechlab.explain``.
+"""
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mechlab.cli import command, load
+from mechlab.errors import InputError
+from mechlab.explain.explanation import DEFAULT_DETECTORS, STAGES, ExplainProgress, ExplainSettings, explain
+from mechlab.render.html import atomic_write
+
+
+def writable(path: Path, what: str) -> Path:
+    """Fail before any work when ``path`` cannot be written (the report is written last)."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"--{what} {path} is a directory; give a file name such as {path / 'report.html'}.")
+    if not directory.is_dir():
+        raise InputError(
+            f"Cannot write --{what} {path}: directory {directory} does not exist. Create it first."
+        )
+    if not os.access(directory, os.W_OK):
+        raise InputError(
+            f"Cannot write --{what} {path}: directory {directory} is not writable. Choose another path."
+        )
+    return path
+
+
+def settings_from(args: argparse.Namespace) -> ExplainSettings:
+    detectors = () if args.no_detectors else tuple(d.strip() for d in args.detectors.split(",") if d.strip())
+    try:
+        return ExplainSettings(
+            chat=args.chat,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            step=args.step,
+            target=args.target,
+            contrast=args.contrast,
+            top_heads=args.top_heads,
+            ig_steps=args.ig_steps,
+            detectors=detectors,
+            verify=args.verify,
+        )
+    except ValueError as error:
+        raise InputError(str(error)) from error
+
+
+@command("explain")
+def cmd_explain(args: argparse.Namespace, console: Console) -> int:
+    out = writable(Path(args.out), "out")
+    summary_path = writable(Path(args.json), "json") if args.json else None
+    settings = settings_from(args)
+    loaded = load(args, console)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("explaining", total=len(STAGES))
+
+        def report(state: ExplainProgress) -> None:
+            bar.update(task, completed=state.done, description=state.stage)
+
+        explanation = explain(loaded, args.prompt, settings=settings, progress=report)
+    path = explanation.save(out)
+    summary = explanation.to_dict()
+    if summary_path is not None:
+        atomic_write(summary_path, json.dumps(summary, indent=2, default=str))
+    chosen, contrast = explanation.target_names
+    completion = explanation.completion
+    console.print(f"[dim]{escape(completion.model_text)}[/][bold green]{escape(completion.text)}[/]")
+    console.print(
+        f"Explained {escape(chosen)} (p={explanation.chosen_prob:.3f}) vs {escape(contrast)} "
+        f"(p={explanation.contrast_prob:.3f}): logit difference {explanation.dla.value:+.3f}"
+    )
+    step = completion.steps[settings.step]
+    console.print(
+        f"Alternatives at token {settings.step}: "
+        + ", ".join(f"{escape(repr(a.text))} {a.prob:.3f}" for a in step.alternatives)
+    )
+    words = sorted(explanation.ig.words(), key=lambda pair: -abs(pair[1]))[:4]
+    error = explanation.ig.completeness_error
+    console.print(
+        "Integrated Gradients: "
+        + ", ".join(f"{escape(repr(w))} {s:+.2f}" for w, s in words)
+        + ("" if error is None else f" (completeness error {100 * error:.2f}%)")
+    )
+    heads = ", ".join(f"{h.label} {h.ablation:+.2f}" for h in explanation.heads[:4])
+    console.print(f"Heads that matter (drop in logit difference when knocked out): {heads}")
+    console.print(
+        f"Report: [bold]{escape(str(path))}[/] ({explanation.manifest['timings_s']['total']:.0f} s)"
+    )
+    if summary_path is not None:
+        console.print(f"Summary: {escape(str(summary_path))}")
+    return 0
+
+
+def add_report_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """Add ``explain`` with ``add(name, help)`` from ``mechlab.cli.build_parser``."""
+    p = add(
+        "explain",
+        "Generate a completion and write one offline HTML report of why the model said it: "
+        "Integrated Gradients, logit lens, direct logit attribution, the heads that matter, their "
+        "attention, known circuits, and a reproducibility manifest.",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the text the model continues")
+    p.add_argument("--out", default="report.html", help="the HTML report to write (default report.html)")
+    p.add_argument("--json", metavar="FILE", help="also write a JSON summary")
+    p.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and the detectors' inputs")
+    p.add_argument("--step", type=int, default=0, help="which generated token to explain (0 = first)")
+    p.add_argument(
+        "--target", help="explain this token instead of the generated one (one token, e.g. ' she')"
+    )
+    p.add_argument("--contrast", help="compare against this token instead of the runner-up (e.g. ' he')")
+    p.add_argument("--top-heads", type=int, default=6, help="heads shown with attention views (default 6)")
+    p.add_argument("--ig-steps", type=int, default=128, help="gradient evaluations IG may spend")
+    p.add_argument(
+        "--detectors", default=",".join(DEFAULT_DETECTORS), help="comma-separated detectors to run"
+    )
+    p.add_argument("--no-detectors", action="store_true", help="skip the detectors")
+    p.add_argument(
+        "--verify", action="store_true", help="also check the model against a transformers reference"
+    )

@@ -1,0 +1,80 @@
+"""The reproducibility manifest of an explanation, and the on-disk cache of detector results.
+
+Detector results depend only on the model's weights and the detector settings, not on the prompt,
+so they are computed once per model file (keyed by its sha256) and reused by later explanations.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import platform
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
+
+from mechlab.detectors import DetectorReport, run_detectors
+from mechlab.models.cache import cache_dir
+from mechlab.models.info import ModelInfo
+from mechlab.models.load import LoadedModel
+from mechlab.types import HookedModel
+
+PACKAGES: tuple[str, ...] = ("mechlab", "torch", "transformer-lens", "transformers", "gguf", "circuitsvis")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that determine the numbers."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def manifest(
+    model: HookedModel, info: ModelInfo | None, settings: Any, timings: dict[str, float]
+) -> dict[str, Any]:
+    """Everything needed to rerun an explanation and get the same numbers."""
+    cfg = model.cfg
+    model_part: dict[str, Any] = {"device": str(cfg.device), "dtype": str(cfg.dtype).removeprefix("torch.")}
+    if info is not None:
+        keep = ("source", "kind", "path", "sha256", "architecture", "original_architecture", "quantization")
+        model_part.update({key: getattr(info, key) for key in keep})
+        model_part["shape"] = (
+            f"{info.n_layers} layers × {info.n_heads} heads ({info.n_kv_heads} KV), d_model {info.d_model}"
+        )
+    return {
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": model_part,
+        "settings": dataclasses.asdict(settings),
+        "versions": versions(),
+        "platform": platform.platform(),
+        "timings_s": timings,
+    }
+
+
+def _key(sha256: str, names: Sequence[str], n_samples: int, seed: int) -> str:
+    recipe = json.dumps([sha256, list(names), n_samples, seed, versions()["mechlab"]])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:24]
+
+
+def cached_detectors(
+    loaded: LoadedModel | None, model: HookedModel, names: Sequence[str], n_samples: int, seed: int
+) -> DetectorReport:
+    """``run_detectors`` with the result kept in ``<cache>/detectors/`` for models with a sha256."""
+    sha = loaded.info.sha256 if loaded is not None else None
+    if sha is None:
+        return run_detectors(model, list(names), n_samples=n_samples, seed=seed)
+    path = cache_dir() / "detectors" / f"{_key(sha, names, n_samples, seed)}.json"
+    if path.is_file():
+        try:
+            return DetectorReport.load(path)
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # an unreadable entry is recomputed
+    report = run_detectors(model, list(names), n_samples=n_samples, seed=seed)
+    if not report.failures:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        report.save(path)
+    return report

@@ -1,0 +1,51 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from mechlab.cli_report import writable
+from mechlab.errors import InputError
+from mechlab.explain.explanation import ExplainSettings
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_new_tokens": 0},
+        {"temperature": -1.0},
+        {"step": 3, "max_new_tokens": 3},
+        {"top_heads": 0},
+        {"ig_steps": 2},
+        {"detector_samples": 1},
+    ],
+)
+def test_settings_out_of_range(changes: dict[str, object]) -> None:
+    name = next(k for k in changes if k != "max_new_tokens") if len(changes) > 1 else next(iter(changes))
+    with pytest.raises(ValueError, match=rf"ExplainSettings\.{name}=.*out of range"):
+        ExplainSettings(**changes)  # type: ignore[arg-type]
+
+
+def test_target_equal_to_contrast() -> None:
+    with pytest.raises(ValueError, match="target and contrast are the same token"):
+        ExplainSettings(target=" she", contrast=" she")
+
+
+def test_writable_refuses_missing_and_read_only_directories(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(InputError, match=r"directory .*missing does not exist"):
+        writable(tmp_path / "missing" / "report.html", "out")
+    with pytest.raises(InputError, match="is a directory"):
+        writable(tmp_path, "out")
+    assert writable(tmp_path / "report.html", "out") == tmp_path / "report.html"
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a non-root user
+    with pytest.raises(InputError, match=r"is not writable\. Choose another path"):
+        writable(tmp_path / "report.html", "json")
+
+
+def test_mechlab_explain_is_the_report_and_the_methods_stay_importable() -> None:
+    import mechlab
+    from mechlab.explain import logit_lens
+    from mechlab.explain.explanation import explain
+
+    assert mechlab.explain is explain
+    assert mechlab.logit_lens is logit_lens
+    assert {"explain", "ExplainSettings", "Explanation"} <= set(mechlab.__all__)
