@@ -37,7 +37,7 @@ test: install
 	$(BIN)/python -m pytest -m "not slow and not notebook"
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not notebook and not smollm2"
+	$(BIN)/python -m pytest -m "not slow and not notebook and not smollm2 and not toy"
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow and not notebook"

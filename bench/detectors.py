@@ -10,17 +10,18 @@ on top of running the model: caching the patterns, scoring, baselines, intervals
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 import mechlab
 
 
-def timed(fn: object, repeats: int) -> float:
+def timed(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

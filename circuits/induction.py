@@ -33,28 +33,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
 
 import mechlab
 from mechlab import Site
+from mechlab.render.figures import bars
 
 Head = tuple[int, int]
 
 
-def zero_heads(heads: Iterable[Head]) -> dict[Site, Callable[..., torch.Tensor]]:
+def zero_heads(heads: Iterable[Head]) -> dict[Site, Callable[..., torch.Tensor | None]]:
     """Hooks that zero the output (``z``) of each head."""
-
-    def zero(act: torch.Tensor, site: Site) -> torch.Tensor:
-        out = act.clone()
-        out[site.index(act)] = 0.0
-        return out
-
-    return {Site("z", layer, head): zero for layer, head in heads}
+    return mechlab.zero_ablation(Site("z", layer, head) for layer, head in heads)
 
 
-def induction_scores(model: Any, heads: list[Head], *, n_samples: int, seed: int) -> dict[str, Any]:
-    """Induction score of ``heads`` (mean and 95% interval) under whatever hooks are attached."""
-    result = mechlab.run_detectors(model, ["induction"], n_samples=n_samples, seed=seed)["induction"]
+def head_scores(result: mechlab.DetectorResult, heads: list[Head]) -> dict[str, Any]:
+    """The score of each of ``heads`` in ``result`` (mean and 95% interval)."""
     stats = result.stats
     return {
         f"{layer}.{head}": {
@@ -63,6 +56,12 @@ def induction_scores(model: Any, heads: list[Head], *, n_samples: int, seed: int
         }
         for layer, head in heads
     }
+
+
+def induction_scores(model: Any, heads: list[Head], *, n_samples: int, seed: int) -> dict[str, Any]:
+    """Induction score of ``heads`` (mean and 95% interval) under whatever hooks are attached."""
+    result = mechlab.run_detectors(model, ["induction"], n_samples=n_samples, seed=seed)["induction"]
+    return head_scores(result, heads)
 
 
 def composition(model: Any, prev: list[Head], induction: list[Head]) -> dict[str, Any]:
@@ -115,22 +114,6 @@ def repeated_loss(model: Any, heads: list[Head], *, seed: int) -> dict[str, floa
     return {"first_copy": float(losses[:, 1:n].mean()), "second_copy": float(losses[:, n + 1 :].mean())}
 
 
-def bar_figure(groups: dict[str, dict[str, float]], *, title: str, ylabel: str) -> Figure:
-    """Grouped bars: one group per head (or condition), one bar per series."""
-    fig = Figure(figsize=(8, 3.5), layout="constrained")
-    ax = fig.add_subplot()
-    labels = list(next(iter(groups.values())))
-    width = 0.8 / len(groups)
-    for i, (series, values) in enumerate(groups.items()):
-        xs = [x + i * width for x in range(len(labels))]
-        ax.bar(xs, [values[label] for label in labels], width=width, label=series)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-    return fig
-
-
 def choose_heads(report: mechlab.DetectorReport, max_heads: int) -> tuple[list[Head], list[Head]]:
     """Detected induction heads (top ``max_heads``) and the detected previous-token heads below them."""
     induction = [(r.layer, r.head) for r in report["induction"].detected()[:max_heads]]
@@ -154,7 +137,7 @@ def analyse(model: Any, out: Path, *, n_samples: int, seed: int, max_heads: int)
         "previous_token_heads": [r._asdict() for r in report["previous-token"].top(max(len(prev), 5))],
         "composition": composition(model, prev, induction),
     }
-    scores = {"clean": induction_scores(model, induction, n_samples=n_samples, seed=seed)}
+    scores = {"clean": head_scores(report["induction"], induction)}  # same sequences as the ablations
     if prev:
         with mechlab.hooked(model, zero_heads(prev[:1])):
             scores[f"ablate {prev[0][0]}.{prev[0][1]}"] = induction_scores(
@@ -184,17 +167,17 @@ def _figures(report: mechlab.DetectorReport, summary: dict[str, Any], out: Path)
         name: {h: v["score"] for h, v in heads.items()}
         for name, heads in summary["ablation"]["scores"].items()
     }
-    bar_figure(
+    bars(
         ablation, title="Induction score under ablation of previous-token heads", ylabel="induction score"
     ).savefig(out / "ablation.png", dpi=110)
     if "key_query_patching" in summary:
-        bar_figure(
+        bars(
             summary["key_query_patching"],
             title="Only keys vs only queries from the ablated run",
             ylabel="induction score",
         ).savefig(out / "key_query_patching.png", dpi=110)
     loss = {name: value for name, value in summary["loss"].items()}
-    bar_figure(loss, title="Loss on repeated random tokens", ylabel="nats").savefig(out / "loss.png", dpi=110)
+    bars(loss, title="Loss on repeated random tokens", ylabel="nats").savefig(out / "loss.png", dpi=110)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

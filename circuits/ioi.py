@@ -38,6 +38,7 @@ import torch
 from matplotlib.figure import Figure
 
 import mechlab
+from mechlab.render.figures import bars
 
 # {S2} is the second mention of the subject: S in the clean prompt, a third name in the corrupted one.
 TEMPLATES = [
@@ -166,22 +167,13 @@ def refine(info: dict[str, Any]) -> None:
 
 
 def attention_figure(attention: dict[str, dict[str, float]]) -> Figure:
-    fig = Figure(figsize=(max(4, 0.6 * len(attention) + 2), 3.2), layout="constrained")
-    ax = fig.add_subplot()
-    heads = list(attention)
-    width = 0.27
-    for i, key in enumerate(("IO", "S1", "S2")):
-        ax.bar(
-            [x + (i - 1) * width for x in range(len(heads))],
-            [attention[h][key] for h in heads],
-            width,
-            label=key,
-        )
-    ax.set_xticks(range(len(heads)), heads, rotation=45)
-    ax.set_ylabel("attention from END")
-    ax.set_title("Where the heads found look from the last position")
-    ax.legend()
-    return fig
+    series = {key: {head: values[key] for head, values in attention.items()} for key in ("IO", "S1", "S2")}
+    return bars(
+        series,
+        title="Where the heads found look from the last position",
+        ylabel="attention from END",
+        rotation=45,
+    )
 
 
 def significant(result: mechlab.PatchResult | None, sign: int = 1) -> list[mechlab.Site]:

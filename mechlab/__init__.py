@@ -74,7 +74,7 @@ from mechlab.explain.explanation import ExplainSettings, Explanation, HeadFindin
 from mechlab.generation import Completion, encode_prompt, generate, next_token_alternatives
 from mechlab.interventions.attribution_patching import Agreement, agreement, attribution_patch
 from mechlab.interventions.edges import EdgeScores, eap_ig
-from mechlab.interventions.hooks import active_hook_count, hooked
+from mechlab.interventions.hooks import active_hook_count, hooked, zero_ablation
 from mechlab.interventions.inputs import Ablation
 from mechlab.interventions.patching import patch
 from mechlab.interventions.paths import path_patch
@@ -100,7 +100,7 @@ from mechlab.progress import ProgressState, RichProgress, SweepProgress
 from mechlab.render.page import Page
 from mechlab.shards import CaptureDataset, CaptureProgress, capture_dataset, read_capture
 from mechlab.sites import Site, head_sites, kv_head, layer_sites
-from mechlab.toy import ToyTrainConfig, TrainedToy, TrainStep, train_induction_toy
+from mechlab.toy import ToyTrainConfig, TrainedToy, TrainStep, cached_induction_toy, train_induction_toy
 from mechlab.types import HookedModel
 
 __version__ = "0.1.0"
@@ -178,6 +178,7 @@ __all__ = [
     "attention_view",
     "attribution_patch",
     "cache_dir",
+    "cached_induction_toy",
     "capture",
     "capture_dataset",
     "composition_baseline",
@@ -213,4 +214,5 @@ __all__ = [
     "train_induction_toy",
     "train_probes",
     "verify",
+    "zero_ablation",
 ]

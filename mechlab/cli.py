@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 from rich.table import Table
@@ -213,22 +213,33 @@ def cmd_capture(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def detector_table(result: mechlab.DetectorResult, top: int) -> Table:
     control = result.control_samples is not None
-    chance = float(result.baseline.mean.mean())
     table = Table(title=f"{result.name}: {result.description}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("head")
     table.add_column("score", justify="right")
     table.add_column("95% interval", justify="right")
-    table.add_column(f"chance (mean {chance:.3f})", justify="right")
+    table.add_column("chance", justify="right")
+    table.add_column("baseline", justify="right")
     if control:
         table.add_column("no repeat", justify="right")
     table.add_column("verdict")
     colours = {"detected": "bold green", "positional": "yellow", "weak": "dim", "chance": "dim"}
     for rank, row in enumerate(result.top(top), start=1):
         cells = [str(rank), row.label, f"{row.score:.3f}", f"[{row.low:.3f}, {row.high:.3f}]"]
-        cells.append(f"{row.baseline:.3f}")
+        cells += [f"{row.chance:.3f}", f"{row.baseline:.3f}"]
         if control:
             cells.append(f"{row.control:.3f}")
         cells.append(f"[{colours[row.verdict]}]{row.verdict}[/]")
@@ -276,6 +287,10 @@ def cmd_detectors(args: argparse.Namespace, console: Console) -> int:
     table.add_column("provided by", no_wrap=True)
     table.add_column("what a head of this kind does", overflow="fold")
     for name in registry.names():
+        if name in registry.conflicts:
+            providers = " and ".join(entry.provider for entry in registry.conflicts[name])
+            table.add_row(name, providers, "[red]unusable: registered by more than one distribution[/]")
+            continue
         entry = registry.entry(name)
         try:
             description = registry.create(name).description
@@ -409,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a detector to run (repeatable; default: every installed one, see `mechlab detectors`)",
     )
-    p.add_argument("--top", type=int, default=10, help="heads shown per detector (default 10)")
+    p.add_argument("--top", type=_positive_int, default=10, help="heads shown per detector (default 10)")
     p.add_argument("--samples", type=int, default=8, help="random sequences (default 8)")
     p.add_argument("--seq-len", type=int, default=None, help="random block length (default min(50, n_ctx/2))")
     p.add_argument("--seed", type=int, default=0)
@@ -431,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fixed layout is the positional negative control.",
     )
     p.add_argument("out", metavar="OUT", type=Path, help="checkpoint directory to write")
-    p.add_argument("--layout", choices=["random", "fixed"], default="random")
+    p.add_argument("--layout", choices=get_args(mechlab.toy.Layout), default="random")
     p.add_argument("--steps", type=int, default=mechlab.ToyTrainConfig.steps)
     p.add_argument("--batch-size", type=int, default=mechlab.ToyTrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=mechlab.ToyTrainConfig.lr)

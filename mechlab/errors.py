@@ -174,6 +174,14 @@ class DetectorPluginError(DetectorError):
     """A detector plugin failed to load, or its code raised while scoring."""
 
 
+class FailedDetectorError(DetectorPluginError, KeyError):
+    """A report has no result for a detector because it failed (``report.failures`` says why).
+
+    A ``KeyError`` too, so ``name in report`` is False and ``report.get(name)`` is None for it."""
+
+    __str__ = DetectorPluginError.__str__  # KeyError's str() would quote the message
+
+
 MSG_UNKNOWN_DETECTOR = (
     "No detector named {name!r}. Installed detectors: {available}.\n"
     "List them with their providers by `mechlab detectors`; a detector from another package appears "
@@ -184,6 +192,13 @@ MSG_DUPLICATE_DETECTOR = (
     "Two installed packages register a detector named {name!r}: {first} and {second}.\n"
     "Detector names must be unique. Uninstall one of the two distributions, or ask its author to "
     'rename the entry point in its pyproject.toml ([project.entry-points."mechlab.detectors"]).'
+)
+
+MSG_DETECTOR_CLASS = (
+    "{target} (from {provider}) {problems}. Every concrete detector class sets name (the registry key, "
+    "a non-empty string such as 'induction'), description (one non-empty sentence), reads (a tuple of "
+    "site kinds, set by PatternDetector and WeightDetector), threshold (a number) and "
+    "content_dependent (a bool); see mechlab.Detector."
 )
 
 MSG_NOT_ONE_TOKEN = (

@@ -16,6 +16,11 @@ import pytest
 import torch
 
 import mechlab
+from mechlab.toy import cached_induction_toy
+
+# The fixed-layout control reaches its verdicts (positional layer-0 heads, no previous-token head)
+# by 100 steps; 200 gave the same verdicts.
+POSITIONAL_STEPS = 100
 
 _real_connect = socket.socket.connect
 
@@ -88,6 +93,8 @@ def smollm2() -> mechlab.LoadedModel:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        if "toy" in item.path.relative_to(config.rootpath).parts:
+            item.add_marker(pytest.mark.toy)
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.smollm2)
         if "browser" in item.path.parts:
@@ -96,8 +103,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def induction_toy() -> mechlab.TrainedToy:
-    """toy:attn-only-2l trained on the random layout (the default config: ~55 s on an idle CPU)."""
-    return mechlab.train_induction_toy(mechlab.ToyTrainConfig(layout="random"))
+    """toy:attn-only-2l trained on the random layout (the default config). Trained once per cache
+    key (~55 s on an idle CPU), then loaded from mechlab's cache (``mechlab.toy.cached_induction_toy``)."""
+    return cached_induction_toy(mechlab.ToyTrainConfig(layout="random"))
 
 
 @pytest.fixture(scope="session")
@@ -108,5 +116,6 @@ def induction_toy_dir(induction_toy: mechlab.TrainedToy, tmp_path_factory: pytes
 
 @pytest.fixture(scope="session")
 def positional_toy() -> mechlab.TrainedToy:
-    """The negative control: the same model trained on the fixed layout (BOS, r, r), 200 steps."""
-    return mechlab.train_induction_toy(mechlab.ToyTrainConfig(layout="fixed", steps=200))
+    """The negative control: the same model trained on the fixed layout (BOS, r, r), 100 steps
+    (cached like ``induction_toy``)."""
+    return cached_induction_toy(mechlab.ToyTrainConfig(layout="fixed", steps=POSITIONAL_STEPS))

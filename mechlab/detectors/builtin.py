@@ -13,7 +13,7 @@ Each class is registered under the entry-point group ``mechlab.detectors`` in me
 from typing import ClassVar, final
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechlab.detectors.base import PatternDetector, Targets
@@ -28,7 +28,7 @@ def earlier_same_token(tokens: Tokens) -> Bool[Tensor, "batch q_pos k_pos"]:
     return same & earlier
 
 
-def _fixed(tokens: Tokens, rows: Tensor) -> Targets:
+def _fixed(tokens: Tokens, rows: Float[Tensor, "q_pos k_pos"]) -> Targets:
     return rows.to(device=tokens.device, dtype=torch.float32).expand(tokens.shape[0], -1, -1)
 
 

@@ -11,15 +11,17 @@ convention (``W_OV = W_V W_O``, ``W_QK = W_Q W_Kᵀ``). An induction head K-comp
 previous-token head: its keys read "the token before was A". Scores of unrelated random matrices of
 the same shapes (``composition_baseline``) are the reference: roughly ``1/sqrt(d_model)`` scale.
 
-The ``ln1`` scale of each head's layer is folded into the matrices that read the residual stream;
+Normalization is folded in as for every weight-based score (``mechlab.detectors.weights``): the
+``ln1`` scale into the matrices that read the residual stream, LayerNorm's centring into ``W_O``;
 query heads use their key/value head's weights under grouped-query attention.
 """
 
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Literal, TypeAlias, get_args
 
 import torch
 from transformer_lens import FactoredMatrix
 
+from mechlab.detectors.weights import FoldedHeads, folded_head_weights
 from mechlab.errors import InputError
 from mechlab.sites import Site, validate
 from mechlab.types import HookedModel
@@ -27,35 +29,30 @@ from mechlab.types import HookedModel
 CompositionKind: TypeAlias = Literal["q", "k", "v"]
 
 
-def _ln_scale(model: Any, layer: int) -> torch.Tensor:
-    norm = str(model.cfg.normalization_type or "").upper()
-    if norm in ("LN", "RMS"):
-        return model.blocks[layer].ln1.w.detach().float()
-    return torch.ones(int(model.cfg.d_model), device=model.W_Q.device)
-
-
-def _kv_head(model: Any, head: int) -> int:
-    return head // (int(model.cfg.n_heads) // int(model.W_K.shape[1]))
-
-
-def head_ov(model: HookedModel, layer: int, head: int) -> FactoredMatrix:
+def head_ov(heads: FoldedHeads, layer: int, head: int) -> FactoredMatrix:
     """``W_V W_O`` of one head (``[d_model, d_model]``, factored through ``d_head``)."""
-    m: Any = model
-    w_v = m.W_V[layer, _kv_head(m, head)].detach().float() * _ln_scale(m, layer)[:, None]
-    return FactoredMatrix(w_v, m.W_O[layer, head].detach().float())
+    return FactoredMatrix(heads.W_V[layer, int(heads.kv[head])], heads.W_O[layer, head])
 
 
-def head_qk(model: HookedModel, layer: int, head: int) -> FactoredMatrix:
+def head_qk(heads: FoldedHeads, layer: int, head: int) -> FactoredMatrix:
     """``W_Q W_Kᵀ`` of one head (``[d_model, d_model]``, factored through ``d_head``)."""
-    m: Any = model
-    scale = _ln_scale(m, layer)[:, None]
-    w_q = m.W_Q[layer, head].detach().float() * scale
-    w_k = m.W_K[layer, _kv_head(m, head)].detach().float() * scale
-    return FactoredMatrix(w_q, w_k.T)
+    return FactoredMatrix(heads.W_Q[layer, head], heads.W_K[layer, int(heads.kv[head])].T)
 
 
 def _score(first: FactoredMatrix, second: FactoredMatrix) -> float:
     return float((first @ second).norm() / (first.norm() * second.norm()))
+
+
+def composition(
+    heads: FoldedHeads, src: tuple[int, int], dst: tuple[int, int], kind: CompositionKind
+) -> float:
+    """The composition score of ``dst`` reading ``src`` from folded weights (no checks; see
+    ``composition_score``)."""
+    ov = head_ov(heads, *src)
+    if kind == "v":
+        return _score(ov, head_ov(heads, *dst))
+    qk = head_qk(heads, *dst)
+    return _score(ov, qk if kind == "q" else qk.T)
 
 
 def composition_score(
@@ -80,11 +77,7 @@ def composition_score(
         raise InputError(
             f"Head {dst[0]}.{dst[1]} can only read heads of earlier layers; {src[0]}.{src[1]} is not earlier."
         )
-    ov = head_ov(model, *src)
-    if kind == "v":
-        return _score(ov, head_ov(model, *dst))
-    qk = head_qk(model, *dst)
-    return _score(ov, qk if kind == "q" else qk.T)
+    return composition(folded_head_weights(model), src, dst, kind)
 
 
 def composition_baseline(model: HookedModel, *, n_draws: int = 64, seed: int = 0) -> float:

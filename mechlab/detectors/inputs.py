@@ -2,9 +2,11 @@
 
 ``repeated_tokens(model, n_seqs)`` draws sequences ``BOS, r, r``: ``seq_len`` distinct random token
 ids ``r`` (distinct, so the only repeats are the intended ones), then ``r`` again.
-``shuffle_second_copy`` permutes the second copy of each sequence: the same tokens, repeated, but
-no longer in the same order — a head that attends by content follows the tokens, a head that
-attends by position does not notice.
+``shuffle_second_copy`` permutes the second copy of each sequence with no token left in place (a
+random derangement): the same tokens, repeated, but no longer in the same order — a head that
+attends by content follows the tokens, a head that attends by position does not notice. A token
+left in place would sit exactly where the unshuffled repeat put it, and a content head would score
+there as if by position.
 
 BOS is explicit: models whose tokenizer does not prepend it (SmolLM2) get it all the same, so every
 model sees the same layout. ``default_bos`` picks the tokenizer's BOS id, or ``TOY_BOS`` for
@@ -15,11 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from mechlab.errors import InputError
+from mechlab.models.toy import TOY_BOS
 from mechlab.types import HookedModel, Tokens
 
-TOY_BOS = 0
 DEFAULT_SEQ_LEN = 50
 
 
@@ -42,7 +46,7 @@ def default_bos(model: HookedModel) -> int:
     return int(bos)
 
 
-def sampling_vocab(model: HookedModel, bos: int) -> torch.Tensor:
+def sampling_vocab(model: HookedModel, bos: int) -> Int[Tensor, " vocab"]:
     """Token ids random tokens are drawn from: the vocabulary without BOS and special tokens."""
     excluded = {bos}
     tokenizer = getattr(model, "tokenizer", None)
@@ -121,14 +125,33 @@ def draw_repeated(
 
 
 def shuffle_second_copy(tokens: Tokens, *, generator: torch.Generator) -> Tokens:
-    """A copy of ``BOS, r, r`` sequences with each second copy of ``r`` permuted at random."""
+    """A copy of ``BOS, r, r`` sequences with each second copy of ``r`` randomly permuted so that no
+    token stays at its position (a uniform random derangement per sequence).
+
+    Raises:
+        InputError: the sequences are not ``BOS + r + r`` (odd length, ``len(r) >= 2``).
+    """
     n = (tokens.shape[1] - 1) // 2
-    if tokens.shape[1] != 2 * n + 1:
-        raise InputError(f"Expected BOS + r + r sequences (odd length); got length {tokens.shape[1]}.")
-    order = torch.rand(tokens.shape[0], n, generator=generator).argsort(dim=-1)
+    if tokens.shape[1] != 2 * n + 1 or n < 2:
+        raise InputError(
+            f"Expected BOS + r + r sequences with len(r) >= 2 (odd length >= 5); got length "
+            f"{tokens.shape[1]}. Build them with mechlab.repeated_tokens(model, n_seqs, seq_len=n)."
+        )
+    order = derangements(tokens.shape[0], n, generator=generator)
     control = tokens.clone()
     control[:, n + 1 :] = tokens[:, n + 1 :].gather(1, order.to(tokens.device))
     return control
+
+
+def derangements(n_rows: int, n: int, *, generator: torch.Generator) -> Int[Tensor, "row n"]:
+    """``n_rows`` uniform random permutations of ``0..n-1`` with no fixed point (``n >= 2``)."""
+    order = torch.rand(n_rows, n, generator=generator).argsort(dim=-1)
+    identity = torch.arange(n)
+    redraw = (order == identity).any(-1)
+    while redraw.any():  # rejection: each draw succeeds with probability ~1/e
+        order[redraw] = torch.rand(int(redraw.sum()), n, generator=generator).argsort(dim=-1)
+        redraw = (order == identity).any(-1)
+    return order
 
 
 def check_fits(model: HookedModel, seq_len: int) -> None:

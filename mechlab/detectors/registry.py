@@ -10,9 +10,10 @@ mechlab's built-ins are declared the same way. The registry is a value, built wh
 global changes. ``with_detectors`` returns a new registry that also holds classes defined in the
 current session (a notebook, a test), without packaging them.
 
-Two distributions that register the same name are an error naming both; so is an unknown name
-(the error lists what is installed). Entry points are loaded only when a detector is created, so
-a broken plugin breaks only itself.
+Two distributions that register the same name make that name unusable: asking for it raises an
+error naming both (the other detectors stay available, and ``mechlab detectors`` shows the clash).
+An unknown name is an error listing what is installed. Entry points are loaded only when a
+detector is created, so a broken plugin breaks only itself.
 """
 
 import dataclasses
@@ -20,8 +21,9 @@ import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from mechlab.detectors.base import Detector
+from mechlab.detectors.base import Detector, detector_problems
 from mechlab.errors import (
+    MSG_DETECTOR_CLASS,
     MSG_DUPLICATE_DETECTOR,
     MSG_UNKNOWN_DETECTOR,
     DetectorPluginError,
@@ -64,19 +66,24 @@ class DetectorEntry:
 
 @dataclasses.dataclass(frozen=True)
 class DetectorRegistry:
-    """Installed detectors by name. Build one with ``from_entry_points()``."""
+    """Installed detectors by name. Build one with ``from_entry_points()``.
+
+    ``conflicts`` maps each name two or more distributions register to all their entries; such a
+    name is listed by ``names()``, but ``entry`` and ``create`` raise ``DuplicateDetectorError``.
+    """
 
     entries: Mapping[str, DetectorEntry]
+    conflicts: Mapping[str, tuple[DetectorEntry, ...]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_entry_points(cls, entry_points: Iterable[EntryPointLike] | None = None) -> "DetectorRegistry":
         """The detectors registered under ``mechlab.detectors`` (or the given entry points).
 
-        Raises:
-            DuplicateDetectorError: two distributions register the same name.
+        Never raises for a name clash: the clashing name is recorded in ``conflicts``.
         """
         found = importlib.metadata.entry_points(group=GROUP) if entry_points is None else entry_points
         entries: dict[str, DetectorEntry] = {}
+        conflicts: dict[str, tuple[DetectorEntry, ...]] = {}
         for point in found:
             dist = point.dist
             entry = DetectorEntry(
@@ -85,30 +92,54 @@ class DetectorRegistry:
                 target=point.value,
                 loader=point.load,
             )
-            _add(entries, entry)
-        return cls(entries=dict(sorted(entries.items())))
+            known = conflicts.get(entry.name) or ((entries[entry.name],) if entry.name in entries else ())
+            if not known or any(_same(entry, other) for other in known):
+                entries.setdefault(entry.name, entry)
+                continue
+            conflicts[entry.name] = (*known, entry)
+        usable = {name: entry for name, entry in sorted(entries.items()) if name not in conflicts}
+        return cls(entries=usable, conflicts=dict(sorted(conflicts.items())))
 
     def with_detectors(self, *classes: type[Detector], provider: str = IN_PROCESS) -> "DetectorRegistry":
-        """A new registry that also holds ``classes`` (e.g. detectors written in a notebook)."""
+        """A new registry that also holds ``classes`` (e.g. detectors written in a notebook).
+
+        Raises:
+            DuplicateDetectorError: a class's name is already registered by something else.
+            DetectorPluginError: a class is not a concrete, well-formed Detector subclass.
+        """
         entries = dict(self.entries)
         for cls in classes:
-            _check_class(cls, f"{cls.__module__}:{cls.__qualname__}", provider)
             target = f"{cls.__module__}:{cls.__qualname__}"
-            _add(entries, DetectorEntry(cls.name, provider, target, loader=_returning(cls)))
-        return DetectorRegistry(entries=dict(sorted(entries.items())))
+            _check_class(cls, target, provider)
+            entry = DetectorEntry(cls.name, provider, target, loader=_returning(cls))
+            if cls.name in self.conflicts:
+                raise _duplicate(cls.name, (*self.conflicts[cls.name], entry))
+            existing = entries.get(cls.name)
+            if existing is not None and not _same(existing, entry):
+                raise _duplicate(cls.name, (existing, entry))
+            entries[cls.name] = entry
+        return DetectorRegistry(entries=dict(sorted(entries.items())), conflicts=self.conflicts)
 
     def names(self) -> list[str]:
-        return list(self.entries)
+        """Every registered name (clashing names included), sorted."""
+        return sorted({*self.entries, *self.conflicts})
 
     def __contains__(self, name: object) -> bool:
-        return name in self.entries
+        return name in self.entries or name in self.conflicts
 
     def entry(self, name: str) -> DetectorEntry:
-        """The entry for ``name``; ``UnknownDetectorError`` listing the installed names if none."""
+        """The entry for ``name``.
+
+        Raises:
+            UnknownDetectorError: nothing is registered as ``name`` (the message lists what is).
+            DuplicateDetectorError: two distributions register ``name`` (the message names both).
+        """
+        if name in self.conflicts:
+            raise _duplicate(name, self.conflicts[name])
         try:
             return self.entries[name]
         except KeyError:
-            available = ", ".join(self.entries) or "(none)"
+            available = ", ".join(self.names()) or "(none)"
             raise UnknownDetectorError(MSG_UNKNOWN_DETECTOR.format(name=name, available=available)) from None
 
     def create(self, name: str) -> Detector:
@@ -116,8 +147,9 @@ class DetectorRegistry:
 
         Raises:
             UnknownDetectorError: no detector has that name.
-            DetectorPluginError: the plugin cannot be imported, is not a Detector subclass, or its
-                ``name`` differs from the entry-point name.
+            DuplicateDetectorError: two distributions register that name.
+            DetectorPluginError: the plugin cannot be imported, is not a Detector subclass, its
+                ``name`` differs from the entry-point name, or its constructor raises.
         """
         entry = self.entry(name)
         try:
@@ -128,7 +160,14 @@ class DetectorRegistry:
                 f"{error}. Reinstall {entry.provider}, or uninstall it to silence this detector."
             ) from error
         _check_class(cls, entry.target, entry.provider, expected_name=name)
-        return cls()
+        try:
+            return cls()
+        except Exception as error:
+            raise DetectorPluginError(
+                f"Detector {name!r} from {entry} raised {type(error).__name__} while being created: "
+                f"{error}. Its class must be constructible with no arguments; report this to "
+                f"{entry.provider}'s authors, or uninstall it to silence this detector."
+            ) from error
 
 
 def _returning(cls: type[Detector]) -> Callable[[], type[Detector]]:
@@ -138,13 +177,17 @@ def _returning(cls: type[Detector]) -> Callable[[], type[Detector]]:
     return load
 
 
-def _add(entries: dict[str, DetectorEntry], entry: DetectorEntry) -> None:
-    existing = entries.get(entry.name)
-    if existing is not None and (existing.provider, existing.target) != (entry.provider, entry.target):
-        raise DuplicateDetectorError(
-            MSG_DUPLICATE_DETECTOR.format(name=entry.name, first=existing, second=entry)
+def _same(first: DetectorEntry, second: DetectorEntry) -> bool:
+    """The same distribution seen twice (e.g. on two sys.path entries) is not a clash."""
+    return (first.provider, first.target) == (second.provider, second.target)
+
+
+def _duplicate(name: str, entries: tuple[DetectorEntry, ...]) -> DuplicateDetectorError:
+    return DuplicateDetectorError(
+        MSG_DUPLICATE_DETECTOR.format(
+            name=name, first=entries[0], second=" and ".join(str(entry) for entry in entries[1:])
         )
-    entries[entry.name] = entry
+    )
 
 
 def _check_class(cls: Any, target: str, provider: str, expected_name: str | None = None) -> None:
@@ -160,14 +203,18 @@ def _check_class(cls: Any, target: str, provider: str, expected_name: str | None
             "Subclass PatternDetector and define expected_pattern, or WeightDetector and define "
             "weight_scores and null_scores."
         )
-    missing_attrs = [a for a in ("name", "description", "reads") if getattr(cls, a, None) is None]
-    if missing_attrs:
-        raise DetectorPluginError(
-            f"{target} (from {provider}) does not set {', '.join(missing_attrs)}: every detector "
-            "class declares name, description and reads (see mechlab.Detector)."
-        )
+    check_detector(cls, target, provider)
     if expected_name is not None and cls.name != expected_name:
         raise DetectorPluginError(
             f"{target} (from {provider}) is registered as {expected_name!r} but its name attribute "
             f"is {cls.name!r}. Make the entry-point name and the class's name agree."
+        )
+
+
+def check_detector(detector: Any, target: str, provider: str) -> None:
+    """Raise ``DetectorPluginError`` if a detector class or instance declares bad attributes."""
+    problems = detector_problems(detector)
+    if problems:
+        raise DetectorPluginError(
+            MSG_DETECTOR_CLASS.format(target=target, provider=provider, problems=problems)
         )

@@ -1,11 +1,21 @@
-"""Detector results: per-head scores with intervals, the chance baseline, and a verdict per head.
+"""Detector results: per-head scores with intervals, the chance level, and a verdict per head.
 
 Every score is a mean over independent random sequences; its 95% interval is Student's t interval
-of that mean. A head is *detected* when its score reaches the detector's threshold, its interval
-lies above the shuffled-position baseline's interval (it beats chance), and — for content-dependent
-detectors — above the control's interval (it loses its score when the repeat is broken, so it
-attends by content, not by position). Verdicts: ``detected``, ``positional`` (above threshold and
-chance, but as high without the repeat), ``weak`` (above chance, below threshold), ``chance``.
+of that mean. A head *beats chance* when
+
+- (pattern detectors) the interval lies above the exact chance level (``chance_level``: the expected
+  score when the targets sit at random allowed positions);
+- (weight detectors, one exact score) the score is above the one-sided 97.5% *prediction bound* of
+  the null draws, ``mean + t(n-1) · sd · sqrt(1 + 1/n)``: where one more null draw would fall with
+  probability 0.975 (normal null). The interval of the null draws' *mean* is the wrong reference
+  for a single value: it shrinks with ``n`` while a single draw's spread does not;
+- (other detectors, without a closed-form chance) the interval lies above the baseline's interval.
+
+A head is *detected* when it beats chance, its score reaches the detector's threshold, and — for
+content-dependent detectors — its interval lies above the control's interval (it loses its score
+when the repeat is broken, so it attends by content, not by position). Verdicts: ``detected``,
+``positional`` (above threshold and chance, but as high without the repeat), ``weak`` (above chance,
+below threshold), ``chance``.
 """
 
 import dataclasses
@@ -20,20 +30,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechlab.detectors.base import SampleScores
-from mechlab.errors import DetectorPluginError
+from mechlab.errors import FailedDetectorError
+from mechlab.render.html import atomic_write
+from mechlab.render.page import Page
 from mechlab.types import HeadScores
 
 # Two-sided 95% quantiles of Student's t for 1-4 degrees of freedom; beyond, the Cornish-Fisher
 # expansion (Abramowitz & Stegun 26.7.5) is within 0.003 of the exact value.
 _T975_SMALL = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 _Z975 = 1.959964
-
-_PAGE_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-    "table.mechlab{border-collapse:collapse;margin:1em 0}"
-    "table.mechlab td,table.mechlab th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
-    ".mechlab-error{color:#b00}"
-)
 
 Verdict: TypeAlias = Literal["detected", "positional", "weak", "chance"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
@@ -73,14 +78,34 @@ def mean_interval(samples: Float[Tensor, "sample ..."]) -> Interval:
     return Interval(mean, mean - half, mean + half)
 
 
+def null_prediction_bound(draws: Float[Tensor, "draw ..."]) -> Float[Tensor, "..."]:
+    """The one-sided 97.5% prediction bound for one more draw: ``mean + t(n-1) · sd · sqrt(1 + 1/n)``.
+
+    Raises:
+        ValueError: fewer than 2 draws (no spread to estimate).
+    """
+    n = draws.shape[0]
+    if n < 2:
+        raise ValueError(f"A prediction bound needs at least 2 null draws; got {n}.")
+    spread = draws.std(0, correction=1) * math.sqrt(1 + 1 / n)
+    return draws.mean(0) + t_quantile_975(n - 1) * spread
+
+
 class HeadScore(NamedTuple):
-    """One head's row in a detector result."""
+    """One head's row in a detector result.
+
+    ``chance`` is the level the score had to clear (see the module docstring: the exact chance
+    level, the null draws' prediction bound, or the baseline's upper bound); ``baseline`` the mean of the
+    baseline draws (for pattern detectors, of the shuffled-position baseline); ``control`` the mean
+    score with the repeat broken (content-dependent detectors).
+    """
 
     layer: int
     head: int
     score: float
     low: float
     high: float
+    chance: float
     baseline: float
     control: float | None
     verdict: Verdict
@@ -102,10 +127,13 @@ class DetectorResult:
         name, description, threshold: from the detector.
         samples: ``[sample, layer, head]`` scores, one row per random sequence (one row for a
             weight detector, whose score is exact).
-        baseline_samples: the same for the shuffled-position baseline (chance).
+        baseline_samples: the same for the baseline (pattern detectors: the shuffled-position
+            baseline, one draw per sequence; weight detectors: one row per null draw).
         control_samples: the same on the control input with the repeat broken (content-dependent
             detectors only), else ``None``.
         seq_len, seed: the inputs' random-block length and seed (``seq_len`` 0: weights only).
+        chance_samples: the exact chance level of each sequence (``Detector.chance``), or ``None``
+            when the detector has no closed form.
     """
 
     name: str
@@ -116,6 +144,7 @@ class DetectorResult:
     control_samples: SampleScores | None
     seq_len: int
     seed: int
+    chance_samples: Float[Tensor, " sample"] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -141,10 +170,23 @@ class DetectorResult:
         """Scores with the repeat broken (content-dependent detectors), with intervals."""
         return None if self.control_samples is None else mean_interval(self.control_samples)
 
+    @property
+    def chance(self) -> float | None:
+        """The exact chance level averaged over the sequences, or ``None`` if the detector has none."""
+        return None if self.chance_samples is None else float(self.chance_samples.mean())
+
+    def chance_bar(self) -> HeadScores:
+        """Per head, the level the score must clear to beat chance (see the module docstring)."""
+        if self.seq_len == 0:  # a weight detector: one exact score against the null draws
+            return null_prediction_bound(self.baseline_samples)
+        if self.chance_samples is not None:
+            return torch.full_like(self.samples[0], float(self.chance_samples.mean()))
+        return self.baseline.high
+
     def verdicts(self) -> list[list[Verdict]]:
         """``[layer][head]`` verdicts (see the module docstring)."""
-        score, base, control = self.stats, self.baseline, self.control
-        above_chance = score.low > base.high
+        score, control = self.stats, self.control
+        above_chance = score.low > self.chance_bar()
         strong = score.mean >= self.threshold
         content = torch.ones_like(strong) if control is None else score.low > control.high
         table: list[list[Verdict]] = []
@@ -162,7 +204,7 @@ class DetectorResult:
 
     def rows(self) -> list[HeadScore]:
         """Every head, sorted by score (highest first)."""
-        score, base, control = self.stats, self.baseline, self.control
+        score, base, control, bar = self.stats, self.baseline, self.control, self.chance_bar()
         verdicts = self.verdicts()
         rows = []
         for layer, head in torch.cartesian_prod(*(torch.arange(n) for n in score.mean.shape)).tolist():
@@ -173,6 +215,7 @@ class DetectorResult:
                     score=float(score.mean[layer, head]),
                     low=float(score.low[layer, head]),
                     high=float(score.high[layer, head]),
+                    chance=float(bar[layer, head]),
                     baseline=float(base.mean[layer, head]),
                     control=None if control is None else float(control.mean[layer, head]),
                     verdict=verdicts[layer][head],
@@ -194,7 +237,7 @@ class DetectorResult:
 
         values = self.scores
         n_layers, n_heads = values.shape
-        chance = float(self.baseline.mean.mean())
+        chance = self.chance if self.chance is not None else float(self.baseline.mean.mean())
         return heatmap(
             values,
             title=f"{self.name} score per head (chance ≈ {chance:.2f}, n = {self.n_samples})",
@@ -207,16 +250,15 @@ class DetectorResult:
             annotate=n_layers * n_heads <= 64,
         )
 
-    def _repr_html_(self) -> str:
-        from mechlab.render.figures import png_data_uri
-        from mechlab.render.html import escape, image, table
-
-        headers = ["head", "score", "95% interval", "baseline (chance)", "control (no repeat)", "verdict"]
+    def add_to(self, page: Page) -> Page:
+        """Append this result as a section of ``page`` (text, top-10 table, heatmap); returns it."""
+        headers = ["head", "score", "95% interval", "chance", "baseline", "control (no repeat)", "verdict"]
         body = [
             [
                 row.label,
                 f"{row.score:.3f}",
                 f"[{row.low:.3f}, {row.high:.3f}]",
+                f"{row.chance:.3f}",
                 f"{row.baseline:.3f}",
                 "-" if row.control is None else f"{row.control:.3f}",
                 row.verdict,
@@ -224,14 +266,19 @@ class DetectorResult:
             for row in self.top(10)
         ]
         found = ", ".join(row.label for row in self.detected()) or "none"
-        return (
-            f'<div class="mechlab-detector"><h3>{escape(self.name)}</h3>'
-            f"<p>{escape(self.description)}. Detected heads (threshold {self.threshold}): "
-            f"{escape(found)}.</p>"
-            + table(headers, body, caption=f"Top heads over {self.n_samples} sample(s)")
-            + image(png_data_uri(self.plot()), alt=f"{self.name} scores per head")
-            + "</div>"
+        section = page.section(
+            self.name, f"{self.description}. Detected heads (threshold {self.threshold}): {found}."
         )
+        section.table(headers, body, caption=f"Top heads over {self.n_samples} sample(s)")
+        section.figure(self.plot(), alt=f"{self.name} scores per head")
+        return page
+
+    def page(self) -> Page:
+        """An offline page with this result (``.render()`` for HTML, ``.save(path)`` to a file)."""
+        return self.add_to(Page(f"mechlab detector: {self.name}"))
+
+    def _repr_html_(self) -> str:
+        return self.page()._repr_html_()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``from_dict`` reads it back)."""
@@ -245,12 +292,13 @@ class DetectorResult:
             "samples": self.samples.tolist(),
             "baseline_samples": self.baseline_samples.tolist(),
             "control_samples": None if control is None else control.tolist(),
+            "chance_samples": None if self.chance_samples is None else self.chance_samples.tolist(),
             "top": [row._asdict() for row in self.top(10)],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DetectorResult":
-        control = data["control_samples"]
+        control, chance = data["control_samples"], data.get("chance_samples")
         return cls(
             name=data["name"],
             description=data["description"],
@@ -260,6 +308,7 @@ class DetectorResult:
             control_samples=None if control is None else torch.tensor(control, dtype=torch.float32),
             seq_len=int(data["seq_len"]),
             seed=int(data["seed"]),
+            chance_samples=None if chance is None else torch.tensor(chance, dtype=torch.float32),
         )
 
 
@@ -268,7 +317,9 @@ class DetectorReport(Mapping[str, DetectorResult]):
     """The results of ``run_detectors``, by detector name, plus the detectors that failed.
 
     ``report["induction"]`` is a ``DetectorResult``; asking for a detector that failed raises
-    ``DetectorPluginError`` with its error. ``failures`` maps each failed detector to its message.
+    ``FailedDetectorError`` (a ``DetectorPluginError`` and a ``KeyError``) with its error, so
+    ``"name" in report`` is False and ``report.get("name")`` None for it, as for any missing key.
+    ``failures`` maps each failed detector to its message.
     """
 
     results: dict[str, DetectorResult]
@@ -277,7 +328,7 @@ class DetectorReport(Mapping[str, DetectorResult]):
 
     def __getitem__(self, name: str) -> DetectorResult:
         if name in self.failures:
-            raise DetectorPluginError(self.failures[name])
+            raise FailedDetectorError(self.failures[name])
         return self.results[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -286,31 +337,28 @@ class DetectorReport(Mapping[str, DetectorResult]):
     def __len__(self) -> int:
         return len(self.results)
 
-    def _repr_html_(self) -> str:
-        from mechlab.render.html import escape
+    def page(self, title: str = "mechlab detectors") -> Page:
+        """An offline page with every result (settings, failures, one section per detector)."""
+        settings = ", ".join(f"{key} {value}" for key, value in self.settings.items())
+        page = Page(title, subtitle=settings)
+        if self.failures:
+            failed = page.section("Failed detectors")
+            for name, message in self.failures.items():
+                failed.text(f"{name} failed: {message}")
+        for result in self.results.values():
+            result.add_to(page)
+        return page
 
-        failed = "".join(
-            f'<p class="mechlab-error"><b>{escape(name)} failed:</b> {escape(message)}</p>'
-            for name, message in self.failures.items()
-        )
-        return failed + "".join(result._repr_html_() for result in self.results.values())
+    def _repr_html_(self) -> str:
+        return self.page()._repr_html_()
 
     def html_page(self, title: str = "mechlab detectors") -> str:
-        """A standalone offline HTML page with every result (figures inlined as PNG data URIs)."""
-        from mechlab.render.html import escape
-
-        settings = ", ".join(f"{key} {value}" for key, value in self.settings.items())
-        return (
-            f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{_PAGE_STYLE}</style></head><body><h1>{escape(title)}</h1>"
-            f"<p>{escape(settings)}</p>{self._repr_html_()}</body></html>"
-        )
+        """A standalone offline HTML document with every result (figures inlined as PNG data URIs)."""
+        return self.page(title).render()
 
     def save_html(self, path: Path | str, *, title: str = "mechlab detectors") -> Path:
         """Write ``html_page(title)`` to ``path`` atomically."""
-        from mechlab.render.html import atomic_write
-
-        return atomic_write(Path(path), self.html_page(title))
+        return self.page(title).save(path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -321,8 +369,6 @@ class DetectorReport(Mapping[str, DetectorResult]):
 
     def save(self, path: Path | str) -> Path:
         """Write the report as JSON (atomically); ``DetectorReport.load`` reads it back."""
-        from mechlab.render.html import atomic_write
-
         return atomic_write(Path(path), json.dumps(self.to_dict(), indent=1))
 
     @classmethod

@@ -3,8 +3,9 @@
 The inputs are ``n_samples`` independent sequences of repeated random tokens (``BOS, r, r``), run
 through the model in batches with only the needed activations cached (one forward pass per batch
 serves every detector). Each detector scores each sequence; the mean over sequences is reported
-with a 95% interval, beside the shuffled-position baseline (chance) and, for content-dependent
-detectors, the control score on the same sequences with the second copy shuffled.
+with a 95% interval, beside the exact chance level, the shuffled-position baseline and, for
+content-dependent detectors, the control score on the same sequences with the second copy shuffled.
+Weight detectors are scored once, against at least ``MIN_NULL_DRAWS`` draws of their null.
 
 A detector that raises is reported by name in ``report.failures``; the others' results are kept.
 Random draws are seeded per purpose (tokens, control, each detector's baseline), so a detector's
@@ -18,8 +19,9 @@ from functools import partial
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from mechlab.detectors.base import Detector, SampleScores
+from mechlab.detectors.base import Detector, DetectorCache, SampleScores
 from mechlab.detectors.inputs import (
     check_fits,
     default_bos,
@@ -29,13 +31,17 @@ from mechlab.detectors.inputs import (
     sampling_vocab,
     shuffle_second_copy,
 )
-from mechlab.detectors.registry import DetectorRegistry
+from mechlab.detectors.registry import DetectorRegistry, check_detector
 from mechlab.detectors.result import DetectorReport, DetectorResult
-from mechlab.errors import DetectorPluginError, InputError, MechlabError
+from mechlab.errors import DetectorError, DetectorPluginError, InputError, MechlabError
 from mechlab.sites import Site, validate
 from mechlab.types import HookedModel, Tokens
 
 Progress = Callable[[int, int], None]
+
+# A weight detector's exact score is compared with a 97.5% prediction bound from its null draws;
+# 8 draws give the bound 7 degrees of freedom (each draw of copying's null costs ~2.5 s on SmolLM2).
+MIN_NULL_DRAWS = 8
 
 
 def run_detectors(
@@ -59,7 +65,7 @@ def run_detectors(
         seq_len: length ``n`` of the random block (sequences are ``2n + 1`` tokens);
             default ``default_seq_len(model)``.
         seed: seed of every random draw.
-        batch_size: sequences per forward pass.
+        batch_size: sequences per forward pass (at least 1).
         bos: first token of every sequence; default the tokenizer's BOS id (toy models: 0).
         registry: where names are looked up; default the installed entry points.
         progress: called as ``progress(done, total)`` after each batch.
@@ -69,8 +75,9 @@ def run_detectors(
 
     Raises:
         UnknownDetectorError: a name is not installed (the message lists what is).
-        InputError: ``n_samples`` < 2, ``seq_len`` does not fit the model's context, or a detector
-            is requested twice.
+        InputError: ``n_samples`` < 2, ``batch_size`` < 1, ``seq_len`` does not fit the model's
+            context (or is below 2 with a content-dependent detector), a detector is requested
+            twice, or ``names`` holds something that is neither a name nor a Detector instance.
 
     Example (an untrained toy model has no induction heads):
 
@@ -82,19 +89,27 @@ def run_detectors(
     """
     if n_samples < 2:
         raise InputError(f"n_samples must be at least 2 to give an interval; got {n_samples}.")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1 (sequences per forward pass); got {batch_size}.")
     start = time.perf_counter()
     registry = DetectorRegistry.from_entry_points() if registry is None else registry
     failures: dict[str, str] = {}
     detectors = _resolve(names, registry, failures)
     seq_len = default_seq_len(model) if seq_len is None else seq_len
     check_fits(model, seq_len)
+    content = [d.name for d in detectors if d.content_dependent and d.reads]
+    if content and seq_len < 2:
+        raise InputError(
+            f"seq_len={seq_len} leaves no way to reorder the second copy for the positional control "
+            f"of {', '.join(content)}; use seq_len >= 2 (the default is {default_seq_len(model)})."
+        )
     bos = default_bos(model) if bos is None else bos
     settings: dict[str, Any] = dict(n_samples=n_samples, seq_len=seq_len, seed=seed, bos=bos)
     runs = {d.name: _Run(d, seed) for d in detectors}
     _sample_patterns(model, [r for r in runs.values() if r.detector.reads], settings, batch_size, progress)
     for run in runs.values():
         if not run.detector.reads:
-            run.score_weights(model, n_samples)
+            run.score_weights(model, max(n_samples, MIN_NULL_DRAWS))
     results = {}
     for name, run in runs.items():
         if run.error is not None:
@@ -114,6 +129,7 @@ class _Run:
         self.scores: list[SampleScores] = []
         self.baselines: list[SampleScores] = []
         self.controls: list[SampleScores] = []
+        self.chances: list[Tensor] = []
         self.error: str | None = None
 
     def attempt(self, step: Callable[[], None], n_layers: int, n_heads: int) -> None:
@@ -127,6 +143,11 @@ class _Run:
                         f"returned scores of shape {tuple(part[-1].shape)}; expected "
                         f"[sample, {n_layers}, {n_heads}] (one score per layer and head)"
                     )
+            if self.chances and self.chances[-1].shape != self.scores[-1].shape[:1]:
+                raise DetectorPluginError(
+                    f"returned a chance level of shape {tuple(self.chances[-1].shape)}; expected "
+                    f"[{self.scores[-1].shape[0]}] (one value per sequence)"
+                )
         except Exception as error:
             self.error = (
                 f"Detector {self.detector.name!r} ({type(self.detector).__module__}) raised "
@@ -138,15 +159,23 @@ class _Run:
         self.scores.append(detector.score(model, cache, tokens).detach().float().cpu())
         baseline = detector.baseline(model, cache, tokens, generator=self.generator)
         self.baselines.append(baseline.detach().float().cpu())
+        chance = detector.chance(tokens)
+        if chance is not None:
+            self.chances.append(chance.detach().float().cpu())
         if detector.content_dependent:
             self.controls.append(detector.score(model, control, tokens).detach().float().cpu())
 
-    def score_weights(self, model: HookedModel, n_samples: int) -> None:
+    def score_weights(self, model: HookedModel, n_draws: int) -> None:
         def step() -> None:
-            self.scores.append(self.detector.score(model, None, _NO_TOKENS).detach().float().cpu())
-            for _ in range(n_samples):
-                null = self.detector.baseline(model, None, _NO_TOKENS, generator=self.generator)
-                self.baselines.append(null.detach().float().cpu())
+            draws = torch.zeros(n_draws, 0, dtype=torch.long)  # no tokens: one row per null draw
+            self.scores.append(self.detector.score(model, None, draws).detach().float().cpu())
+            null = self.detector.baseline(model, None, draws, generator=self.generator)
+            self.baselines.append(null.detach().float().cpu())
+            if self.scores[-1].shape[0] != 1 or null.shape[0] != n_draws:
+                raise DetectorPluginError(
+                    f"returned {self.scores[-1].shape[0]} score row(s) and {null.shape[0]} null "
+                    f"draw(s) from the weights; expected 1 and {n_draws}"
+                )
 
         self.attempt(step, int(model.cfg.n_layers), int(model.cfg.n_heads))
 
@@ -160,10 +189,8 @@ class _Run:
             control_samples=torch.cat(self.controls) if self.controls else None,
             seq_len=seq_len,
             seed=seed,
+            chance_samples=torch.cat(self.chances) if len(self.chances) == len(self.scores) > 0 else None,
         )
-
-
-_NO_TOKENS = torch.zeros(1, 1, dtype=torch.long)
 
 
 def _resolve(
@@ -172,22 +199,27 @@ def _resolve(
     wanted: Sequence[str | Detector] = (
         registry.names() if names is None else [names] if isinstance(names, str) else names
     )
-    requested = [item if isinstance(item, str) else item.name for item in wanted]
+    for item in wanted:
+        if not isinstance(item, str | Detector):
+            hint = f" (a class: pass {item.__name__}())" if isinstance(item, type) else ""
+            raise InputError(f"Detectors are given by name or as Detector instances; got {item!r}{hint}.")
+    requested = [item if isinstance(item, str) else str(getattr(item, "name", item)) for item in wanted]
     repeated = sorted({name for name in requested if requested.count(name) > 1})
     if repeated:
         raise InputError(f"Detector(s) {', '.join(repeated)} requested more than once; name each once.")
     for item in wanted:
-        if isinstance(item, str):
-            registry.entry(item)  # unknown names fail before anything runs
+        if isinstance(item, str) and item not in registry:
+            registry.entry(item)  # UnknownDetectorError before anything runs
     detectors = []
-    for item in wanted:
-        if isinstance(item, Detector):
-            detectors.append(item)
-            continue
+    for name, item in zip(requested, wanted, strict=True):
         try:
-            detectors.append(registry.create(item))
-        except DetectorPluginError as error:
-            failures[item] = str(error)
+            if isinstance(item, str):
+                detectors.append(registry.create(item))
+            else:
+                check_detector(item, repr(item), "passed as an instance")
+                detectors.append(item)
+        except DetectorError as error:  # a broken plugin or a name two packages claim
+            failures[name] = str(error)
     return detectors
 
 
@@ -209,11 +241,11 @@ def _sample_patterns(
         tokens = draw_repeated(
             size, settings["seq_len"], vocab=vocab, bos=settings["bos"], generator=tokens_rng
         ).to(device)
-        cache = _cached_forward(model, tokens, names)
+        cache = DetectorCache(model, _cached_forward(model, tokens, names))
         control = None
         if need_control:
             broken = shuffle_second_copy(tokens.cpu(), generator=control_rng).to(device)
-            control = _cached_forward(model, broken, names)
+            control = DetectorCache(model, _cached_forward(model, broken, names))
         for run in runs:
             run.attempt(partial(run.score_patterns, model, cache, control, tokens), n_layers, n_heads)
         if progress is not None:

@@ -7,10 +7,11 @@ inside a hook function is re-raised as ``HookError`` naming the site, with the o
 
 Two building blocks record activations: ``recorder(into)`` stores what a forward pass computes, and
 ``differentiable(model, sites)`` makes each activation something ``gradients(value, acts, sites)``
-can differentiate to (attribution patching and EAP-IG both use it).
+can differentiate to (attribution patching and EAP-IG both use it). ``zero_ablation(sites)`` gives
+the hooks that zero-ablate sites (e.g. heads), editing copies of the activations.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
@@ -99,6 +100,27 @@ def recorder(into: dict[Site, Tensor], *, sliced: bool = False, copy: bool = Tru
         into[site] = value.detach().clone() if copy else value
 
     return record
+
+
+def zero(act: Tensor, site: Site) -> Tensor:
+    """A hook that zeroes the site's slice (e.g. one head of ``z``) in a copy of the activation."""
+    out = act.clone()
+    out[site.index(act)] = 0.0
+    return out
+
+
+def zero_ablation(sites: Iterable[Site]) -> dict[Site, SiteHook]:
+    """``{site: zero}`` for ``hooked``: zero-ablate each site, e.g. heads ``Site("z", layer, head)``.
+
+    >>> import mechlab
+    >>> model = mechlab.load_model("toy:attn-only-2l").model
+    >>> tokens = torch.tensor([[0, 5, 6, 5, 6]])
+    >>> with hooked(model, zero_ablation([Site("z", 0, 1)])):
+    ...     ablated = model(tokens)
+    >>> bool((ablated != model(tokens)).any())
+    True
+    """
+    return dict.fromkeys(sites, zero)
 
 
 def _leaf(into: dict[Site, Tensor]) -> SiteHook:

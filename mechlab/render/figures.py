@@ -1,4 +1,4 @@
-"""Static figures (matplotlib, Agg backend): heatmaps and line plots shared by every result type.
+"""Static figures (matplotlib, Agg backend): heatmaps, line plots and grouped bars for every result.
 
 Figures are created with ``matplotlib.figure.Figure`` directly (not ``pyplot``), so nothing global
 changes and no window ever opens.
@@ -6,7 +6,7 @@ changes and no window ever opens.
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +79,35 @@ def lines(
     if len(series) > 1:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def bars(
+    series: Mapping[str, Mapping[str, float]],
+    *,
+    title: str,
+    ylabel: str,
+    xlabel: str = "",
+    rotation: int = 0,
+) -> Figure:
+    """Grouped bars: one group per label (e.g. a head), one bar per named series in each group.
+
+    ``series`` maps a series name to ``{label: value}``; every series gives the same labels (the
+    first series' order is used).
+    """
+    labels = list(next(iter(series.values()), {}))
+    fig = Figure(figsize=(max(5.0, min(0.6 * len(labels) + 2, 16)), 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        xs = [x - 0.4 + (i + 0.5) * width for x in range(len(labels))]
+        ax.bar(xs, [values[label] for label in labels], width=width, label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=rotation)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -1,6 +1,16 @@
 """Toy models with known circuits, trained on CPU (the attention-only induction model)."""
 
+from mechlab.toy.cache import cached_induction_toy, toy_cache_dir
 from mechlab.toy.data import Layout, induction_batch
 from mechlab.toy.train import ToyTrainConfig, TrainedToy, TrainStep, train_induction_toy
 
-__all__ = ["Layout", "ToyTrainConfig", "TrainStep", "TrainedToy", "induction_batch", "train_induction_toy"]
+__all__ = [
+    "Layout",
+    "ToyTrainConfig",
+    "TrainStep",
+    "TrainedToy",
+    "cached_induction_toy",
+    "induction_batch",
+    "toy_cache_dir",
+    "train_induction_toy",
+]

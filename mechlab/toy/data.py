@@ -17,17 +17,19 @@ induction diagonal without an induction circuit.
 from typing import Literal, TypeAlias, get_args
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Int
 from torch import Tensor
 
-from mechlab.detectors.inputs import TOY_BOS
+from mechlab.models.toy import TOY_BOS
 from mechlab.types import Tokens
 
 Layout: TypeAlias = Literal["random", "fixed"]
 LossMask: TypeAlias = Bool[Tensor, "batch target_pos"]
 
 
-def _uniform_int(low: Tensor, high: Tensor, generator: torch.Generator) -> Tensor:
+def _uniform_int(
+    low: Int[Tensor, " batch"], high: Int[Tensor, " batch"], generator: torch.Generator
+) -> Int[Tensor, " batch"]:
     """One integer per entry, uniform in ``[low, high]`` (inclusive)."""
     u = torch.rand(low.shape, generator=generator)
     return low + (u * (high - low + 1).float()).long().clamp(max=high - low)

@@ -48,7 +48,7 @@ class ToyTrainConfig:
     """
 
     model: str = "attn-only-2l"
-    layout: str = "random"
+    layout: Layout = "random"
     steps: int = 1000
     batch_size: int = 64
     lr: float = 3e-3
@@ -66,6 +66,7 @@ class ToyTrainConfig:
             raise ValueError(f"lr must be positive; got {self.lr}.")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}.")
+        self.model_config()  # the spec parses and min_repeat fits twice in its context
 
     def model_config(self) -> dict[str, Any]:
         """The toy model's config dict (the spec with this config's seed)."""
@@ -138,6 +139,12 @@ def train_induction_toy(
         A ``TrainedToy``; ``.save(DIR)`` writes a checkpoint ``load_model("toy:DIR")`` reads.
     """
     config = ToyTrainConfig() if config is None else config
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ValueError(f"log_every must be a positive number of steps; got {log_every!r}.")
+    if cpu_threads is not None and (isinstance(cpu_threads, bool) or cpu_threads < 1):
+        raise ValueError(
+            f"cpu_threads must be a positive integer or None (keep torch's); got {cpu_threads!r}."
+        )
     previous_threads = torch.get_num_threads()
     if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)

@@ -1,6 +1,5 @@
 """The detect, detectors and train-toy commands."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -20,23 +19,34 @@ def test_detectors_lists_builtins_with_provider(capsys: pytest.CaptureFixture[st
         "current-token",
         "copying",
     ):
-        assert name in out
-    assert "mechlab" in out
+        rows = [line for line in out.splitlines() if f" {name} " in line]
+        assert rows and "mechlab" in rows[0], f"no row for {name} provided by mechlab in:\n{out}"
 
 
-def test_detect_on_the_trained_toy(
-    induction_toy_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_detectors_shows_a_name_clash_and_keeps_the_rest(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    html, data = tmp_path / "report.html", tmp_path / "report.json"
-    argv = ["detect", f"toy:{induction_toy_dir}", "--detector", "induction", "--detector", "previous-token"]
-    assert cli.main([*argv, "--top", "3", "--html", str(html), "--json", str(data)]) == 0
+    from mechlab.detectors.builtin import PreviousTokenDetector
+    from tests.unit.test_detectors import FakeDist, FakeEntryPoint
+
+    points = [
+        FakeEntryPoint("induction", "a:I", FakeDist("pkg-a")),
+        FakeEntryPoint("induction", "b:I", FakeDist("pkg-b")),
+        FakeEntryPoint("previous-token", "x:P", FakeDist("mechlab"), PreviousTokenDetector),
+    ]
+    registry = mechlab.DetectorRegistry.from_entry_points(points)
+    monkeypatch.setattr(mechlab.DetectorRegistry, "from_entry_points", classmethod(lambda cls: registry))
+    assert cli.main(["detectors"]) == 0
     out = capsys.readouterr().out
-    assert "95% interval" in out and "detected" in out
-    saved = json.loads(data.read_text())
-    top = saved["results"]["induction"]["top"][0]
-    assert top["layer"] == 1 and top["verdict"] == "detected"
-    assert f"{top['layer']}.{top['head']}" in out
-    assert html.read_text().startswith("<!doctype html>")
+    clash = next(line for line in out.splitlines() if " induction " in line)
+    assert "pkg-a and pkg-b" in clash and "unusable" in clash
+    assert any(" previous-token " in line and "mechlab" in line for line in out.splitlines())
+
+
+def test_detect_rejects_a_top_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["detect", "toy:attn-only-2l", "--top", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_detect_unknown_detector_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,6 @@
 """The example plugin in examples/detector-plugin, installed with pip from its local path."""
 
 import importlib
-import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import mechlab
+from mechlab import cli
 
 PLUGIN = Path(__file__).parents[2] / "examples" / "detector-plugin"
 
@@ -41,14 +41,11 @@ def test_installed_plugin_is_discovered_by_name(
     assert (window >= previous - 1e-6).all()  # the window contains the previous position
 
 
-def test_cli_lists_the_plugin_with_its_provider(plugin_site: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(plugin_site)}
-    listing = subprocess.run(
-        [str(Path(sys.executable).parent / "mechlab"), "detectors"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    line = next(line for line in listing.splitlines() if "local-window" in line)
+def test_cli_lists_the_plugin_with_its_provider(
+    plugin_site: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(plugin_site))  # as if installed next to mechlab
+    importlib.invalidate_caches()
+    assert cli.main(["detectors"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "local-window" in line)
     assert "mechlab-local-window" in line

@@ -1,6 +1,7 @@
 """The detector registry, run_detectors and DetectorResult on tiny seeded models."""
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -86,11 +87,17 @@ def test_duplicate_names_name_both_distributions() -> None:
     points = [
         FakeEntryPoint("induction", "mechlab.detectors.builtin:InductionDetector", FakeDist("mechlab")),
         FakeEntryPoint("induction", "other_pkg:Induction", FakeDist("other-pkg")),
+        FakeEntryPoint("previous-token", "x:P", FakeDist("mechlab"), PreviousTokenDetector),
     ]
-    with pytest.raises(
-        DuplicateDetectorError, match=r"'induction'.*mechlab \(.*\) and other-pkg \(other_pkg"
-    ):
-        DetectorRegistry.from_entry_points(points)
+    registry = DetectorRegistry.from_entry_points(points)  # a clash disables only its own name
+    assert registry.names() == ["induction", "previous-token"]
+    assert registry.create("previous-token").name == "previous-token"
+    assert [entry.provider for entry in registry.conflicts["induction"]] == ["mechlab", "other-pkg"]
+    for use in (registry.entry, registry.create):
+        with pytest.raises(
+            DuplicateDetectorError, match=r"'induction'.*mechlab \(.*\) and other-pkg \(other_pkg"
+        ):
+            use("induction")
 
 
 def test_the_same_distribution_seen_twice_is_not_a_duplicate() -> None:
@@ -127,6 +134,52 @@ def test_a_failing_plugin_is_reported_and_the_others_kept(attn_only: mechlab.Loa
     assert "expected [sample, 2, 4]" in report.failures["wrong-shape"]
     with pytest.raises(DetectorPluginError, match="plugin bug"):
         report["failing"]
+    # A failed detector is a missing key for the Mapping protocol.
+    assert "failing" not in report and report.get("failing") is None and "induction" in report
+    with pytest.raises(KeyError):
+        report["failing"]
+
+
+class RaisesOnCreate(PreviousTokenDetector):
+    name: ClassVar[str] = "raises-on-create"
+
+    def __init__(self) -> None:
+        raise RuntimeError("needs a config file")
+
+
+def test_a_plugin_whose_constructor_raises_breaks_only_itself(attn_only: mechlab.LoadedModel) -> None:
+    broken = FakeEntryPoint("raises-on-create", "b:R", FakeDist("broken-pkg"), RaisesOnCreate)
+    good = FakeEntryPoint("previous-token", "x:P", FakeDist("mechlab"), PreviousTokenDetector)
+    registry = DetectorRegistry.from_entry_points([broken, good])
+    with pytest.raises(DetectorPluginError, match=r"raised RuntimeError while being created: needs a config"):
+        registry.create("raises-on-create")
+    report = run_detectors(attn_only.model, None, n_samples=2, registry=registry)
+    assert list(report) == ["previous-token"] and "needs a config" in report.failures["raises-on-create"]
+
+
+def test_detector_classes_are_checked_when_defined() -> None:
+    with pytest.raises(
+        DetectorPluginError, match=r"NoDescription.*description is None.*see mechlab.Detector"
+    ):
+
+        class NoDescription(PatternDetector):
+            name: ClassVar[str] = "no-description"
+
+            def expected_pattern(self, tokens: torch.Tensor) -> torch.Tensor:
+                return torch.zeros(tokens.shape[0], tokens.shape[1], tokens.shape[1])
+
+    with pytest.raises(DetectorPluginError, match=r"threshold is 'high'"):
+
+        class BadThreshold(PreviousTokenDetector):
+            threshold: ClassVar[Any] = "high"
+
+
+def test_instances_are_checked_too(attn_only: mechlab.LoadedModel) -> None:
+    broken = PreviousTokenDetector()
+    broken.description = ""  # type: ignore[misc]
+    report = run_detectors(attn_only.model, [broken, "induction"], n_samples=2)
+    assert list(report) == ["induction"]
+    assert "description is ''" in report.failures["previous-token"]
 
 
 def test_an_unloadable_plugin_does_not_stop_the_others(attn_only: mechlab.LoadedModel) -> None:
@@ -190,7 +243,8 @@ def test_result_summaries(attn_only: mechlab.LoadedModel, tmp_path: Path) -> Non
     stats = induction.stats
     assert (stats.low <= stats.mean).all() and (stats.mean <= stats.high).all()
     assert induction.control is not None and copying.control is None
-    assert copying.samples.shape == (1, 2, 4) and copying.baseline_samples.shape == (6, 2, 4)
+    # n_samples=6 < MIN_NULL_DRAWS=8 null draws
+    assert copying.samples.shape == (1, 2, 4) and copying.baseline_samples.shape == (8, 2, 4)
     rows = induction.rows()
     assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
     assert induction.top(3) == rows[:3] and all(r.verdict in VERDICTS for r in rows)
@@ -203,7 +257,9 @@ def test_result_summaries(attn_only: mechlab.LoadedModel, tmp_path: Path) -> Non
     assert torch.equal(loaded["induction"].samples, induction.samples)
     assert loaded["copying"].top(3) == copying.top(3)
     page = report.save_html(tmp_path / "report.html", title="<toy>").read_text()
-    assert page.startswith("<!doctype html>") and "&lt;toy&gt;" in page and "http" not in page
+    assert page.startswith("<!DOCTYPE html>") and "&lt;toy&gt;" in page
+    assert "Content-Security-Policy" in page and not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
+    assert page.count("<section") == 2 and page.count("data:image/png;base64,") == 2
 
 
 def test_untrained_model_has_no_induction_heads(attn_only: mechlab.LoadedModel) -> None:
@@ -219,3 +275,15 @@ def test_bad_settings_are_input_errors(attn_only: mechlab.LoadedModel) -> None:
         run_detectors(attn_only.model, ["induction"], seq_len=40)
     with pytest.raises(InputError, match="induction requested more than once"):
         run_detectors(attn_only.model, ["induction", InductionDetector()])
+    with pytest.raises(InputError, match="batch_size must be at least 1"):
+        run_detectors(attn_only.model, ["induction"], batch_size=0)
+
+
+def test_copying_on_an_untrained_model_is_chance() -> None:
+    """Each head's one exact score is compared with the 97.5% prediction bound of the null draws. The
+    earlier comparison with the interval of the null draws' mean called 3 of these 8 heads copying."""
+    model = mechlab.load_model("toy:attn-only-2l,seed=1").model
+    verdicts = [
+        v for row in run_detectors(model, ["copying"], n_samples=2)["copying"].verdicts() for v in row
+    ]
+    assert sum(v != "chance" for v in verdicts) <= 1

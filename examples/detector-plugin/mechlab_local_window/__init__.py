@@ -4,16 +4,14 @@ Local heads spread their attention over the few tokens just before the current o
 n-gram features (the previous-token head is the one-token special case). The detector marks, for
 every destination, the ``WINDOW`` positions before it; a head's score is the attention mass it puts
 there (1 for a perfectly local head). mechlab supplies everything else: the random inputs, the
-interval over sequences, the shuffled-position baseline and the verdicts.
+interval over sequences, the chance level and the verdicts.
 """
 
 from typing import ClassVar, final
 
 import torch
 
-from mechlab import PatternDetector
-from mechlab.detectors.base import Targets
-from mechlab.types import Tokens
+from mechlab.detectors import PatternDetector, Targets, Tokens
 
 WINDOW = 3
 
