@@ -1,7 +1,9 @@
 """The reproducibility manifest of an explanation, and the on-disk cache of detector results.
 
-Detector results depend only on the model's weights and the detector settings, not on the prompt,
-so they are computed once per model file (keyed by its sha256) and reused by later explanations.
+Detector results depend only on the model's weights, the detector settings and the detector code,
+not on the prompt, so they are computed once per model file and reused by later explanations. The
+cache key hashes the file's sha256, the settings, and the source of ``mechlab/detectors/*.py``:
+editing a detector recomputes its results.
 """
 
 import dataclasses
@@ -11,6 +13,7 @@ import json
 import platform
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from mechlab.detectors import DetectorReport, run_detectors
@@ -19,6 +22,7 @@ from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel
 from mechlab.types import HookedModel
 
+_DETECTOR_SOURCES = sorted((Path(__file__).resolve().parent.parent / "detectors").glob("*.py"))
 PACKAGES: tuple[str, ...] = ("mechlab", "torch", "transformer-lens", "transformers", "gguf", "circuitsvis")
 
 
@@ -56,8 +60,10 @@ def manifest(
 
 
 def _key(sha256: str, names: Sequence[str], n_samples: int, seed: int) -> str:
-    recipe = json.dumps([sha256, list(names), n_samples, seed, versions()["mechlab"]])
-    return hashlib.sha256(recipe.encode()).hexdigest()[:24]
+    digest = hashlib.sha256(json.dumps([sha256, list(names), n_samples, seed]).encode())
+    for path in _DETECTOR_SOURCES:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:24]
 
 
 def cached_detectors(

@@ -49,3 +49,17 @@ def test_mechlab_explain_is_the_report_and_the_methods_stay_importable() -> None
     assert mechlab.explain is explain
     assert mechlab.logit_lens is logit_lens
     assert {"explain", "ExplainSettings", "Explanation"} <= set(mechlab.__all__)
+
+
+def test_detector_cache_key_follows_model_settings_and_detector_code(tmp_path: Path, monkeypatch) -> None:
+    from mechlab.explain import manifest
+
+    source = tmp_path / "induction.py"
+    source.write_text("SCORE = 1\n")
+    monkeypatch.setattr(manifest, "_DETECTOR_SOURCES", [source])
+    key = manifest._key("abc", ["induction"], 8, 0)
+    assert key == manifest._key("abc", ["induction"], 8, 0)
+    assert key != manifest._key("abd", ["induction"], 8, 0)
+    assert key != manifest._key("abc", ["induction"], 8, 1)
+    source.write_text("SCORE = 2\n")
+    assert key != manifest._key("abc", ["induction"], 8, 0)
