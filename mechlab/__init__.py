@@ -67,10 +67,7 @@ from mechlab.explain import (
     steer_with_probe,
     train_probes,
 )
-
-# This binds ``mechlab.explain`` to the one-call report function, over the subpackage's name; the
-# methods stay importable with ``from mechlab.explain import logit_lens`` and are re-exported here.
-from mechlab.explain.explanation import ExplainSettings, Explanation, HeadFinding, explain
+from mechlab.explain.explanation import ExplainEntry, ExplainSettings, Explanation, HeadFinding
 from mechlab.generation import Completion, encode_prompt, generate, next_token_alternatives
 from mechlab.interventions.attribution_patching import Agreement, agreement, attribution_patch
 from mechlab.interventions.edges import EdgeScores, eap_ig
@@ -102,6 +99,10 @@ from mechlab.shards import CaptureDataset, CaptureProgress, capture_dataset, rea
 from mechlab.sites import Site, head_sites, kv_head, layer_sites
 from mechlab.toy import ToyTrainConfig, TrainedToy, TrainStep, cached_induction_toy, train_induction_toy
 from mechlab.types import HookedModel
+
+# ``mechlab.explain(model, prompt)`` writes the one-call report; ``mechlab.explain.logit_lens`` and
+# every other name of the ``mechlab.explain`` package stay reachable through it.
+explain = ExplainEntry()
 
 __version__ = "0.1.0"
 

@@ -53,10 +53,11 @@ def _prompt_section(page: Page, ex: Any) -> None:
 
 def _target_section(page: Page, ex: Any) -> None:
     chosen, contrast = ex.target_names
+    verb = "weighed" if ex.settings.target is not None else "chose"
     section = page.section(
         "The token explained",
-        f"At generated token {ex.settings.step} the model chose {chosen} (p = {ex.chosen_prob:.3f}) over "
-        f"{contrast} (p = {ex.contrast_prob:.3f}). Everything below explains the logit difference "
+        f"At generated token {ex.settings.step} the model {verb} {chosen} (p = {ex.chosen_prob:.3f}) "
+        f"against {contrast} (p = {ex.contrast_prob:.3f}). Everything below explains the logit difference "
         f"logit({chosen}) − logit({contrast}) = {ex.dla.value:+.3f} at the last position of the context "
         f"({int(ex.context.shape[1])} tokens).",
     )

@@ -41,13 +41,18 @@ def test_writable_refuses_missing_and_read_only_directories(tmp_path: Path, monk
         writable(tmp_path / "report.html", "json")
 
 
-def test_mechlab_explain_is_the_report_and_the_methods_stay_importable() -> None:
+def test_mechlab_explain_is_the_report_and_still_reaches_the_methods(tiny) -> None:
     import mechlab
+    import mechlab.explain.probe_data
     from mechlab.explain import logit_lens
-    from mechlab.explain.explanation import explain
 
-    assert mechlab.explain is explain
-    assert mechlab.logit_lens is logit_lens
+    with pytest.raises(InputError, match="This model has no tokenizer"):  # reached explain()
+        mechlab.explain(tiny.model, "text", settings=ExplainSettings(detectors=()))
+    assert mechlab.explain.logit_lens is logit_lens is mechlab.logit_lens
+    assert mechlab.explain.probe_data.ProbeDataset is mechlab.ProbeDataset
+    assert "integrated_gradients" in dir(mechlab.explain)
+    with pytest.raises(AttributeError, match="no_such_method"):
+        mechlab.explain.no_such_method  # noqa: B018
     assert {"explain", "ExplainSettings", "Explanation"} <= set(mechlab.__all__)
 
 
