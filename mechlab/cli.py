@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +29,7 @@ The first load of a GGUF file converts it (about 20 s for SmolLM2) into a cache 
 ($MECHLAB_CACHE_DIR, default ~/.cache/mechlab); later loads take a few seconds.
 
 Examples:
+  mechlab explain smollm2 "The nurse was tired because" --contrast " he" --out report.html
   mechlab info smollm2
   mechlab generate smollm2 "The Eiffel Tower is located in the city of"
   mechlab generate smollm2 --chat "Name three colours."
@@ -197,7 +198,6 @@ def cmd_patch(args: argparse.Namespace, console: Console) -> int:
 
 @command("capture")
 def cmd_capture(args: argparse.Namespace, console: Console) -> int:
-    from pathlib import Path
 
     loaded = load(args, console)
     path = Path(args.prompts)
@@ -210,121 +210,6 @@ def cmd_capture(args: argparse.Namespace, console: Console) -> int:
         )
     shards = len(dataset.manifest["shards"])
     console.print(f"{len(dataset)} prompts, sites {', '.join(dataset.sites)} → {args.out} ({shards} shards)")
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def detector_table(result: mechlab.DetectorResult, top: int) -> Table:
-    control = result.control_samples is not None
-    table = Table(title=f"{result.name}: {result.description}", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("head")
-    table.add_column("score", justify="right")
-    table.add_column("95% interval", justify="right")
-    table.add_column("chance", justify="right")
-    table.add_column("baseline", justify="right")
-    if control:
-        table.add_column("no repeat", justify="right")
-    table.add_column("verdict")
-    colours = {"detected": "bold green", "positional": "yellow", "weak": "dim", "chance": "dim"}
-    for rank, row in enumerate(result.top(top), start=1):
-        cells = [str(rank), row.label, f"{row.score:.3f}", f"[{row.low:.3f}, {row.high:.3f}]"]
-        cells += [f"{row.chance:.3f}", f"{row.baseline:.3f}"]
-        if control:
-            cells.append(f"{row.control:.3f}")
-        cells.append(f"[{colours[row.verdict]}]{row.verdict}[/]")
-        table.add_row(*cells)
-    return table
-
-
-@command("detect")
-def cmd_detect(args: argparse.Namespace, console: Console) -> int:
-    from rich.markup import escape
-    from rich.progress import Progress
-
-    loaded = load(args, console)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("Scoring heads on repeated random tokens", total=args.samples)
-        report = mechlab.run_detectors(
-            loaded.model,
-            args.detector or None,
-            n_samples=args.samples,
-            seq_len=args.seq_len,
-            seed=args.seed,
-            progress=lambda done, total: bar.update(task, completed=done),
-        )
-    settings = report.settings
-    console.print(
-        f"{settings['n_samples']} sequences of BOS + 2 × {settings['seq_len']} random tokens "
-        f"(seed {settings['seed']}), {settings['seconds']:.1f} s"
-    )
-    for result in report.values():
-        console.print(detector_table(result, args.top))
-    for name, message in report.failures.items():
-        console.print(f"[bold red]{escape(name)} failed:[/] {escape(message)}", highlight=False)
-    if args.html:
-        console.print(f"Wrote {report.save_html(args.html, title=f'mechlab detect {args.source}')}")
-    if args.json:
-        console.print(f"Wrote {report.save(args.json)}")
-    return 1 if report.failures else 0
-
-
-@command("detectors")
-def cmd_detectors(args: argparse.Namespace, console: Console) -> int:
-    registry = mechlab.DetectorRegistry.from_entry_points()
-    table = Table(title="Installed detectors (entry-point group mechlab.detectors)")
-    table.add_column("name", no_wrap=True)
-    table.add_column("provided by", no_wrap=True)
-    table.add_column("what a head of this kind does", overflow="fold")
-    for name in registry.names():
-        if name in registry.conflicts:
-            providers = " and ".join(entry.provider for entry in registry.conflicts[name])
-            table.add_row(name, providers, "[red]unusable: registered by more than one distribution[/]")
-            continue
-        entry = registry.entry(name)
-        try:
-            description = registry.create(name).description
-        except mechlab.DetectorError as error:
-            description = f"[red]cannot load: {error}[/]"
-        table.add_row(name, entry.provider, description)
-    console.print(table)
-    return 0
-
-
-@command("train-toy")
-def cmd_train_toy(args: argparse.Namespace, console: Console) -> int:
-    from rich.progress import Progress
-
-    config = mechlab.ToyTrainConfig(
-        layout=args.layout,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-    )
-    with Progress(console=console) as bar:
-        task = bar.add_task(f"Training toy:{config.model} ({config.layout} layout)", total=config.steps)
-
-        def show(step: mechlab.TrainStep) -> None:
-            bar.update(task, completed=step.step, description=f"loss {step.loss:.3f}")
-
-        trained = mechlab.train_induction_toy(config, device=args.device, progress=show)
-    directory = trained.save(args.out)
-    console.print(
-        f"Trained {config.steps} steps in {trained.seconds:.1f} s; loss on the repeated part "
-        f"{trained.final_loss:.3f}. Saved to {directory}: load it as toy:{directory}"
-    )
     return 0
 
 
@@ -342,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
-            help=help_text,
+            help=help_text.replace("%", "%%"),  # argparse %-formats help strings
             description=help_text,
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -413,50 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (an interrupted run there resumes)")
     p.add_argument("--batch-size", type=int, default=8)
 
-    p = add(
-        "detect",
-        "Find heads of known kinds (induction, previous-token, …) on repeated random tokens, with "
-        "95% intervals, the chance level, and a verdict per head.",
-    )
-    p.add_argument(
-        "--detector",
-        action="append",
-        metavar="NAME",
-        help="a detector to run (repeatable; default: every installed one, see `mechlab detectors`)",
-    )
-    p.add_argument("--top", type=_positive_int, default=10, help="heads shown per detector (default 10)")
-    p.add_argument("--samples", type=int, default=8, help="random sequences (default 8)")
-    p.add_argument("--seq-len", type=int, default=None, help="random block length (default min(50, n_ctx/2))")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--html", type=Path, metavar="FILE", help="also write an offline HTML report")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write every score as JSON")
-
-    p = sub.add_parser(
-        "detectors",
-        help="List the installed detectors and the package that provides each.",
-        description="List the installed detectors (entry-point group mechlab.detectors) and the "
-        "package that provides each.",
-    )
-
-    p = sub.add_parser(
-        "train-toy",
-        help="Train the attention-only 2-layer toy model on repeated random tokens (CPU, ~1 min).",
-        description="Train toy:attn-only-2l on repeated random tokens and save a checkpoint that "
-        "loads as toy:OUT. The random layout grows a previous-token head and induction heads; the "
-        "fixed layout is the positional negative control.",
-    )
-    p.add_argument("out", metavar="OUT", type=Path, help="checkpoint directory to write")
-    p.add_argument("--layout", choices=get_args(mechlab.toy.Layout), default="random")
-    p.add_argument("--steps", type=int, default=mechlab.ToyTrainConfig.steps)
-    p.add_argument("--batch-size", type=int, default=mechlab.ToyTrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=mechlab.ToyTrainConfig.lr)
-    p.add_argument("--weight-decay", type=float, default=mechlab.ToyTrainConfig.weight_decay)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-
+    from mechlab.cli_detect import add_detect_parsers
     from mechlab.cli_explain import add_explain_parsers
     from mechlab.cli_report import add_report_parser
 
+    add_detect_parsers(add, sub)
     add_explain_parsers(add)
     add_report_parser(add)
     return parser
