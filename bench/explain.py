@@ -12,7 +12,8 @@ import tempfile
 import time
 
 import mechlab
-from mechlab.explain.explanation import ExplainSettings, explain
+from mechlab.explain.explanation import explain
+from mechlab.explain.settings import ExplainSettings
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

@@ -67,7 +67,8 @@ from mechlab.explain import (
     steer_with_probe,
     train_probes,
 )
-from mechlab.explain.explanation import ExplainEntry, ExplainSettings, Explanation, HeadFinding
+from mechlab.explain.explanation import ExplainEntry, Explanation, HeadFinding
+from mechlab.explain.settings import ExplainSettings
 from mechlab.generation import Completion, encode_prompt, generate, next_token_alternatives
 from mechlab.interventions.attribution_patching import Agreement, agreement, attribution_patch
 from mechlab.interventions.edges import EdgeScores, eap_ig

@@ -15,7 +15,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mechlab.cli import command, load
 from mechlab.errors import InputError
-from mechlab.explain.explanation import DEFAULT_DETECTORS, STAGES, ExplainProgress, ExplainSettings, explain
+from mechlab.explain.explanation import explain
+from mechlab.explain.settings import DEFAULT_DETECTORS, STAGES, ExplainProgress, ExplainSettings
 from mechlab.render.html import atomic_write
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mechlab.explain.explanation import ExplainSettings, explain
+from mechlab.explain.explanation import explain
+from mechlab.explain.settings import ExplainSettings
 from tests.browser.harness import visit
 
 HOSTILE = (

@@ -9,7 +9,8 @@ import torch
 
 import mechlab
 from mechlab.cli import main
-from mechlab.explain.explanation import ExplainSettings, Explanation, explain
+from mechlab.explain.explanation import Explanation, explain
+from mechlab.explain.settings import ExplainSettings
 from mechlab.render.page import Page
 
 NURSE = "The nurse was tired because"

@@ -5,7 +5,7 @@ import pytest
 
 from mechlab.cli_report import writable
 from mechlab.errors import InputError
-from mechlab.explain.explanation import ExplainSettings
+from mechlab.explain.settings import ExplainSettings
 
 
 @pytest.mark.parametrize(
