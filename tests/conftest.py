@@ -85,6 +85,16 @@ def tokens() -> torch.Tensor:
     return torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
+@pytest.fixture
+def pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and corrupted token batches ``[2, 7]`` for the tiny models, differing at position 3."""
+    generator = torch.Generator().manual_seed(2)
+    clean = torch.randint(0, 50, (2, 7), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, 3] = (clean[:, 3] + 5) % 50
+    return clean, corrupted
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> mechlab.LoadedModel:
     """The bundled SmolLM2-135M-Instruct, converted once per cache directory."""

@@ -141,26 +141,21 @@ def _stage(progress: Progress | None, stage: str) -> None:
 
 
 def _pick_tokens(
-    model: HookedModel, completion: Completion, settings: ExplainSettings
+    model: HookedModel, completion: Completion, step: int, target: int | None, contrast: int | None
 ) -> tuple[Tokens, int, int, float, float]:
-    """The context, the explained token, its contrast, and both probabilities at that position."""
-    if settings.step >= len(completion.steps):
+    """The context, the explained token (``target`` or the generated one), its contrast (``contrast``
+    or the runner-up), and both probabilities at that position."""
+    if step >= len(completion.steps):
         raise InputError(
-            f"step={settings.step} asks for generated token {settings.step}, but generation stopped after "
+            f"step={step} asks for generated token {step}, but generation stopped after "
             f"{len(completion.steps)} token(s). Choose a step below {len(completion.steps)}."
         )
     n_prompt = completion.prompt_tokens.shape[1]
-    context = completion.tokens[:, : n_prompt + settings.step]
+    context = completion.tokens[:, : n_prompt + step]
     with torch.no_grad():
         probs = torch.softmax(model(context)[0, -1].float(), dim=-1)
-    chosen = (
-        single_token(model, settings.target)
-        if settings.target is not None
-        else completion.steps[settings.step].token_id
-    )
-    if settings.contrast is not None:
-        contrast = single_token(model, settings.contrast, what="contrast")
-    else:
+    chosen = target if target is not None else completion.steps[step].token_id
+    if contrast is None:
         ranked = torch.argsort(probs, descending=True)[:2].tolist()
         contrast = ranked[1] if ranked[0] == chosen else ranked[0]
     return context, chosen, contrast, float(probs[chosen]), float(probs[contrast])
@@ -259,9 +254,11 @@ def explain(
         timings[stage] = round(time.perf_counter() - t0, 3)
         return value
 
-    for token, what in ((settings.target, "target"), (settings.contrast, "contrast")):
-        if token is not None:
-            single_token(hooked, token, what=what)
+    # Token checks come before any work, so a bad --target fails at once.
+    target_id = single_token(hooked, settings.target) if settings.target is not None else None
+    contrast_id = (
+        single_token(hooked, settings.contrast, what="contrast") if settings.contrast is not None else None
+    )
     completion: Completion = timed(
         "generating",
         lambda: generate(
@@ -273,7 +270,9 @@ def explain(
             seed=settings.seed,
         ),
     )
-    context, chosen, contrast, p_chosen, p_contrast = _pick_tokens(hooked, completion, settings)
+    context, chosen, contrast, p_chosen, p_contrast = _pick_tokens(
+        hooked, completion, settings.step, target_id, contrast_id
+    )
     target = make_target(hooked, chosen, contrast=contrast)
     metric = LogitDiff(chosen, contrast)
     ig = timed(

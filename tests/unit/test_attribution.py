@@ -33,15 +33,6 @@ def linear_model(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
     return mechlab.load_model(f"toy:{directory}").model
 
 
-@pytest.fixture
-def pair() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(2)
-    clean = torch.randint(0, 50, (2, 7), generator=generator)
-    corrupted = clean.clone()
-    corrupted[:, 3] = (clean[:, 3] + 5) % 50
-    return clean, corrupted
-
-
 METRIC = LogitDiff(4, 9)
 
 

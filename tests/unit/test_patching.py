@@ -12,6 +12,7 @@ from mechlab.interventions.patching import patch
 
 @pytest.fixture
 def pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """This module's own pair (overrides the shared one): ``[2, 8]``, differing at position 5."""
     generator = torch.Generator().manual_seed(1)
     clean = torch.randint(0, 50, (2, 8), generator=generator)
     corrupted = clean.clone()

@@ -8,15 +8,6 @@ from mechlab import LogitDiff, Site, SiteError, Sweep, patch, path_patch
 from mechlab.interventions import runner as runner_module
 
 
-@pytest.fixture
-def pair() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(2)
-    clean = torch.randint(0, 50, (2, 7), generator=generator)
-    corrupted = clean.clone()
-    corrupted[:, 3] = (clean[:, 3] + 5) % 50
-    return clean, corrupted
-
-
 @pytest.fixture(scope="module")
 def three_layers() -> torch.nn.Module:
     return mechlab.load_model("toy:tiny,n_layers=3").model
