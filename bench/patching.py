@@ -11,6 +11,8 @@ last position), in the same process:
 2. ``mechlab.attribution_patch`` for all heads versus activation patching: time ratio and Pearson r
    (target r ≥ 0.9), plus AtP's agreement for every other component kind.
 
+Exits non-zero when a target is missed.
+
 Run: ``.venv/bin/python bench/patching.py`` (``--threads N`` to pin torch's thread count; on a
 shared CPU, 1 thread gives the most stable timings).
 """
@@ -19,6 +21,7 @@ import argparse
 import os
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -74,9 +77,8 @@ def main() -> None:
     print(f"transformer_lens.patching   {t_tl:7.2f} s")
     runs = f"runs: {t_before:.2f} s, {t_after:.2f} s; {ours.mode} mode"
     print(f"mechlab.patch               {t_ours:7.2f} s  ({runs})")
-    print(f"ratio mechlab / TL          {ratio:7.3f}   target ≤ 0.25: {'met' if ratio <= 0.25 else 'MISSED'}")
-    agrees = "met" if max_diff <= 1e-4 else "MISSED"
-    print(f"max |Δ| vs TL               {max_diff:.2e}  target ≤ 1e-4: {agrees}")
+    print(f"ratio mechlab / TL          {ratio:7.3f}   target ≤ 0.25: {verdict(ratio <= 0.25)}")
+    print(f"max |Δ| vs TL               {max_diff:.2e}  target ≤ 1e-4: {verdict(max_diff <= 1e-4)}")
     print(f"baselines: clean {ours.clean_mean:.4f}, corrupted {ours.corrupted_mean:.4f}")
     print("top heads (normalized effect): " + ", ".join(f"{e.label} {e.effect:.2f}" for e in ours.top(6)))
 
@@ -84,9 +86,20 @@ def main() -> None:
     r = mechlab.agreement(atp, ours)["z"]
     print("\n== Attribution patching (AtP), all head outputs ==")
     print(f"AtP {t_atp:.2f} s; activation patching {t_ours:.2f} s; ratio {t_atp / t_ours:.3f}")
-    print(f"Pearson r (head outputs)    {r:7.3f}   target ≥ 0.9: {'met' if r >= 0.9 else 'MISSED'}")
-    if args.skip_kinds:
-        return
+    print(f"Pearson r (head outputs)    {r:7.3f}   target ≥ 0.9: {verdict(r >= 0.9)}")
+    targets = {"speed": ratio <= 0.25, "agreement": max_diff <= 1e-4, "AtP r": r >= 0.9}
+    missed = [name for name, ok in targets.items() if not ok]
+    if not args.skip_kinds:
+        per_kind_table(model, clean, corrupted, metric)
+    if missed:
+        raise SystemExit(f"targets missed: {', '.join(missed)}")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def per_kind_table(model: Any, clean: Any, corrupted: Any, metric: Any) -> None:
     print("\n== AtP agreement with activation patching per component kind ==")
     for kind in KINDS:
         sweep = mechlab.Sweep(kind, per_position=kind.startswith("resid"))

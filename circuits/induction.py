@@ -36,7 +36,6 @@ import torch
 
 import mechlab
 from mechlab import Site
-from mechlab.render.figures import bars
 
 Head = tuple[int, int]
 
@@ -167,17 +166,19 @@ def _figures(report: mechlab.DetectorReport, summary: dict[str, Any], out: Path)
         name: {h: v["score"] for h, v in heads.items()}
         for name, heads in summary["ablation"]["scores"].items()
     }
-    bars(
+    mechlab.figures.bars(
         ablation, title="Induction score under ablation of previous-token heads", ylabel="induction score"
     ).savefig(out / "ablation.png", dpi=110)
     if "key_query_patching" in summary:
-        bars(
+        mechlab.figures.bars(
             summary["key_query_patching"],
             title="Only keys vs only queries from the ablated run",
             ylabel="induction score",
         ).savefig(out / "key_query_patching.png", dpi=110)
     loss = {name: value for name, value in summary["loss"].items()}
-    bars(loss, title="Loss on repeated random tokens", ylabel="nats").savefig(out / "loss.png", dpi=110)
+    mechlab.figures.bars(loss, title="Loss on repeated random tokens", ylabel="nats").savefig(
+        out / "loss.png", dpi=110
+    )
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -201,6 +202,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -209,11 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/induction"))
     parser.add_argument("--samples", type=int, default=16, help="random sequences per measurement")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-heads", type=int, default=6, help="heads of each kind analysed")
+    parser.add_argument("--max-heads", type=_positive, default=6, help="heads of each kind analysed")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.train_toy:
-        trained = mechlab.train_induction_toy(mechlab.ToyTrainConfig(seed=args.seed))
+        config = mechlab.ToyTrainConfig(seed=args.seed)
+
+        def report(step: mechlab.TrainStep) -> None:
+            if step.step % 100 == 0 or step.step == config.steps:
+                print(f"step {step.step}/{config.steps}  loss {step.loss:.3f}  {step.seconds:.0f} s")
+
+        trained = mechlab.train_induction_toy(config, progress=report)
         directory = trained.save(args.out / "toy-model")
         print(
             f"trained a toy model in {trained.seconds:.0f} s (loss {trained.final_loss:.3f}): toy:{directory}"

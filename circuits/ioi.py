@@ -38,7 +38,6 @@ import torch
 from matplotlib.figure import Figure
 
 import mechlab
-from mechlab.render.figures import bars
 
 # {S2} is the second mention of the subject: S in the clean prompt, a third name in the corrupted one.
 TEMPLATES = [
@@ -168,7 +167,7 @@ def refine(info: dict[str, Any]) -> None:
 
 def attention_figure(attention: dict[str, dict[str, float]]) -> Figure:
     series = {key: {head: values[key] for head, values in attention.items()} for key in ("IO", "S1", "S2")}
-    return bars(
+    return mechlab.figures.bars(
         series,
         title="Where the heads found look from the last position",
         ylabel="attention from END",

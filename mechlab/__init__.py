@@ -95,6 +95,7 @@ from mechlab.models.load import LoadedModel, load_model
 from mechlab.models.toy import save_toy
 from mechlab.models.verify import VerifyReport, verify
 from mechlab.progress import ProgressState, RichProgress, SweepProgress
+from mechlab.render import figures
 from mechlab.render.page import Page
 from mechlab.shards import CaptureDataset, CaptureProgress, capture_dataset, read_capture
 from mechlab.sites import Site, head_sites, kv_head, layer_sites
@@ -190,6 +191,7 @@ __all__ = [
     "encode_prompt",
     "estimate_memory",
     "explain",
+    "figures",
     "generate",
     "gradient_x_input",
     "head_sites",

@@ -27,6 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _sample_count(text: str) -> int:
+    """argparse type: an integer >= 2 (a 95% interval needs at least two independent batches)."""
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"expected at least 2 random sequences (the 95% interval needs two or more), got {value}"
+        )
+    return value
+
+
 def detector_table(result: mechlab.DetectorResult, top: int) -> Table:
     control = result.control_samples is not None
     table = Table(title=f"{result.name}: {result.description}", title_justify="left")
@@ -146,8 +156,10 @@ def add_detect_parsers(add: Callable[[str, str], argparse.ArgumentParser], sub: 
         help="a detector to run (repeatable; default: every installed one, see `mechlab detectors`)",
     )
     p.add_argument("--top", type=_positive_int, default=10, help="heads shown per detector (default 10)")
-    p.add_argument("--samples", type=int, default=8, help="random sequences (default 8)")
-    p.add_argument("--seq-len", type=int, default=None, help="random block length (default min(50, n_ctx/2))")
+    p.add_argument("--samples", type=_sample_count, default=8, help="random sequences (default 8)")
+    p.add_argument(
+        "--seq-len", type=_positive_int, default=None, help="random block length (default min(50, n_ctx/2))"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--html", type=Path, metavar="FILE", help="also write an offline HTML report")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every score as JSON")

@@ -221,7 +221,7 @@ def capture_dataset(
         CaptureStoreError: ``out_dir`` holds a capture of another model, sites, batch size or input.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+        raise InputError(f"batch_size must be ≥ 1, got {batch_size}.")
     if getattr(model.cfg, "attention_dir", "causal") != "causal":
         raise InputError("capture_dataset right-pads prompts, which needs a causal (decoder) model.")
     wanted = resolve_sites(model, sites)
@@ -237,7 +237,9 @@ def capture_dataset(
     done = list(manifest["shards"])
     resumed, total = len(done), _total(inputs, batch_size)
     rows = sum(int(s["rows"]) for s in done)
+    seen = 0
     for index, batch in enumerate(_batches(model, inputs, batch_size)):
+        seen = index + 1
         tokens, lengths = _pad(batch, pad_id)
         digest = _digest(tokens, lengths)
         if index < len(done):
@@ -250,6 +252,9 @@ def capture_dataset(
         _save(directory, {**manifest, "shards": done, "complete": False})
         if progress is not None:
             progress(CaptureProgress(len(done), rows, total, resumed))
+    if seen < len(done):
+        what = f"it holds {len(done)} batches but these inputs make only {seen}"
+        raise CaptureStoreError(MSG_CAPTURE_MISMATCH.format(out_dir=directory, what=what))
     manifest = {**manifest, "shards": done, "complete": True, "rows": rows}
     _save(directory, manifest)
     return CaptureDataset(directory, manifest)

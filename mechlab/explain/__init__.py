@@ -21,7 +21,7 @@ from mechlab.explain.probe_data import ProbeDataset, load_probe_dataset
 from mechlab.explain.probes import ProbeConfig, ProbeResult, train_probes
 from mechlab.explain.quadrature import quadrature
 from mechlab.explain.steering import SteeringResult, steer, steer_with_probe
-from mechlab.explain.targets import Target, make_target, single_token
+from mechlab.explain.targets import Target, as_tokens, make_target, single_token
 
 __all__ = [
     "AttentionView",
@@ -33,6 +33,7 @@ __all__ = [
     "ProbeResult",
     "SteeringResult",
     "Target",
+    "as_tokens",
     "attention_view",
     "direct_logit_attribution",
     "gradient_x_input",

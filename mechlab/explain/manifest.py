@@ -9,6 +9,7 @@ editing a detector recomputes its results.
 import dataclasses
 import datetime
 import hashlib
+import inspect
 import json
 import platform
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mechlab.detectors import DetectorReport, run_detectors
+from mechlab.detectors import DetectorRegistry, DetectorReport, run_detectors
 from mechlab.models.cache import cache_dir
 from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel
@@ -59,11 +60,27 @@ def manifest(
     }
 
 
-def _key(sha256: str, names: Sequence[str], n_samples: int, seed: int) -> str:
+def _key(
+    sha256: str, names: Sequence[str], n_samples: int, seed: int, registry: DetectorRegistry | None = None
+) -> str:
+    """The cache key: model, settings, mechlab's detector code and each requested detector's own
+    source file (a third-party plugin's too), so an edited or upgraded detector is recomputed."""
     digest = hashlib.sha256(json.dumps([sha256, list(names), n_samples, seed]).encode())
     for path in _DETECTOR_SOURCES:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    registry = DetectorRegistry.from_entry_points() if registry is None else registry
+    for name in names:
+        digest.update(name.encode() + b"\0" + _detector_source(registry, name) + b"\0")
     return digest.hexdigest()[:24]
+
+
+def _detector_source(registry: DetectorRegistry, name: str) -> bytes:
+    try:
+        entry = registry.entry(name)
+        source = inspect.getsourcefile(entry.loader())
+    except Exception:  # an unknown or broken plugin: run_detectors reports it, failures are not cached
+        return b""
+    return str(entry).encode() + b"\0" + (Path(source).read_bytes() if source else b"")
 
 
 def cached_detectors(

@@ -121,14 +121,17 @@ def check_direction(direction: str | None, ablation: bool) -> Direction:
     ``"denoise"`` otherwise.
 
     Raises:
-        ValueError: an unknown direction, or denoising from an ablation.
+        InputError: an unknown direction, or denoising from an ablation.
     """
     if direction is None:
         return "noise" if ablation else "denoise"
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
+        raise InputError(
+            f"direction must be one of {DIRECTIONS}, got {direction!r}: 'denoise' patches clean "
+            "activations into the corrupted run, 'noise' patches corrupted ones into the clean run."
+        )
     if ablation and direction != "noise":
-        raise ValueError(
+        raise InputError(
             "An Ablation replaces clean activations, so it needs direction='noise' "
             "(denoising would patch ablated values into an ablated run); leave direction unset."
         )

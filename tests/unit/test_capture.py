@@ -184,5 +184,8 @@ def test_resume_refuses_a_different_run(tiny, tmp_path) -> None:
         capture_dataset(tiny.model, inputs, [Site("resid_post", 1)], tmp_path, batch_size=2)
     with pytest.raises(CaptureStoreError, match="batch 0 has different tokens"):
         capture_dataset(tiny.model, list(reversed(inputs)), SITES, tmp_path, batch_size=2)
+    with pytest.raises(CaptureStoreError, match="it holds 2 batches but these inputs make only 1"):
+        capture_dataset(tiny.model, inputs[:2], SITES, tmp_path, batch_size=2)
+    assert len(mechlab.read_capture(tmp_path)) == 4  # the store is left as it was
     with pytest.raises(CaptureStoreError, match=r"no manifest\.json"):
         mechlab.read_capture(tmp_path / "missing")

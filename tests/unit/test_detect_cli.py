@@ -43,10 +43,20 @@ def test_detectors_shows_a_name_clash_and_keeps_the_rest(
     assert any(" previous-token " in line and "mechlab" in line for line in out.splitlines())
 
 
-def test_detect_rejects_a_top_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--top", "0", "argument --top: expected a positive integer, got 0"),
+        ("--samples", "1", "argument --samples: expected at least 2 random sequences"),
+        ("--seq-len", "x", "argument --seq-len: expected a positive integer, got 'x'"),
+    ],
+)
+def test_detect_names_the_flag_of_a_bad_number(
+    capsys: pytest.CaptureFixture[str], flag, value, message
+) -> None:
     with pytest.raises(SystemExit):
-        cli.main(["detect", "toy:attn-only-2l", "--top", "0"])
-    assert "expected a positive integer, got 0" in capsys.readouterr().err
+        cli.main(["detect", "toy:attn-only-2l", flag, value])
+    assert message in capsys.readouterr().err
 
 
 def test_detect_unknown_detector_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,9 +1,11 @@
+import importlib
 import os
 from pathlib import Path
 
 import pytest
 
 from mechlab.cli_report import writable
+from mechlab.detectors import DetectorRegistry
 from mechlab.errors import InputError
 from mechlab.explain.settings import ExplainSettings
 
@@ -68,3 +70,26 @@ def test_detector_cache_key_follows_model_settings_and_detector_code(tmp_path: P
     assert key != manifest._key("abc", ["induction"], 8, 1)
     source.write_text("SCORE = 2\n")
     assert key != manifest._key("abc", ["induction"], 8, 0)
+
+
+def test_detector_cache_key_follows_a_plugins_own_source(tmp_path: Path, monkeypatch) -> None:
+    from mechlab.explain import manifest
+
+    plugin = tmp_path / "mechlab_test_plugin_source.py"
+    plugin.write_text(
+        "from typing import final\n"
+        "from mechlab.detectors import PatternDetector\n\n\n"
+        "@final\n"
+        "class Echo(PatternDetector):\n"
+        "    name = 'echo'\n"
+        "    description = 'test plugin'\n\n"
+        "    def expected_pattern(self, tokens):\n"
+        "        raise NotImplementedError\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("mechlab_test_plugin_source")
+    registry = DetectorRegistry.from_entry_points([]).with_detectors(module.Echo, provider="demo-plugin")
+    key = manifest._key("abc", ["echo"], 8, 0, registry)
+    assert key == manifest._key("abc", ["echo"], 8, 0, registry)
+    plugin.write_text(plugin.read_text() + "# version 2\n")
+    assert key != manifest._key("abc", ["echo"], 8, 0, registry)

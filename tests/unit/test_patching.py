@@ -7,6 +7,7 @@ from transformer_lens import patching as tl_patching
 import mechlab
 from mechlab import Ablation, InputError, LogitDiff, Site, SiteError, Sweep
 from mechlab.interventions import runner as runner_module
+from mechlab.interventions.inputs import check_direction
 from mechlab.interventions.patching import patch
 
 
@@ -146,8 +147,10 @@ def test_zero_ablation_of_a_layer_matches_hooks(tiny, pair) -> None:
     torch.testing.assert_close(result.effect, -result.delta)
     with pytest.raises(InputError, match="no corrupted run"):
         result.normalized  # noqa: B018
-    with pytest.raises(ValueError, match="direction='noise'"):
+    with pytest.raises(InputError, match="direction='noise'"):
         patch(tiny.model, clean, Ablation("mean"), "z", METRIC, direction="denoise")
+    with pytest.raises(InputError, match=r"direction must be one of .*got 'sideways'"):
+        check_direction("sideways", ablation=False)
 
 
 def test_mean_ablation_of_a_pattern_averages_over_prompts_and_query_positions(tiny, pair) -> None:

@@ -1,0 +1,5 @@
+"""``python -m mechlab`` runs the ``mechlab`` command line."""
+
+from mechlab.cli import run
+
+run()
