@@ -1,7 +1,10 @@
 """The ``mechlab`` command: a thin layer over the public API.
 
 Each sub-command takes a model SOURCE first (``smollm2`` for the bundled model, a .gguf path,
-``ollama:NAME``, a Hugging Face directory, or ``toy:...``).
+``ollama:NAME``, a Hugging Face directory or Hub name, or ``toy:...``).
+
+Model, tokenizer, file and plugin strings can contain ``[...]``, which rich reads as markup; every
+such string is passed through ``rich.markup.escape`` before it is printed.
 """
 
 import argparse
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import mechlab
@@ -23,10 +27,13 @@ Model sources:
   PATH.gguf, gguf:PATH   a GGUF file, e.g. the one you run with llama.cpp
   ollama:NAME[:TAG]      a model pulled with Ollama (found in $OLLAMA_MODELS or ~/.ollama/models)
   DIR, hf:DIR            a Hugging Face model directory (config.json + safetensors)
+  hf:ORG/NAME, ORG/NAME  a Hugging Face Hub name (from the local HF cache, else the Hub)
+  gpt2-small, ...        a TransformerLens model name, looked up as its Hub name (gpt2)
   toy:PRESET[,k=v]       a small TransformerLens model (presets: attn-only-2l, tiny, tiny-gqa)
 
-The first load of a GGUF file converts it (about 20 s for SmolLM2) into a cache directory
-($MECHLAB_CACHE_DIR, default ~/.cache/mechlab); later loads take a few seconds.
+The first load of a GGUF file converts it (about 25 s for SmolLM2) into a cache directory
+($MECHLAB_CACHE_DIR, default $XDG_CACHE_HOME/mechlab or ~/.cache/mechlab); later loads take a few
+seconds.
 
 Examples:
   mechlab explain smollm2 "The nurse was tired because" --contrast " he" --out report.html
@@ -60,8 +67,8 @@ def command(name: str) -> Callable[[Handler], Handler]:
 @contextmanager
 def progress(console: Console, what: str) -> Iterator[Callable[[str], None]]:
     """A rich spinner that shows the current step; yields the ``status`` callback for the API."""
-    with console.status(f"[bold]{what}[/]") as spinner:
-        yield lambda message: spinner.update(f"[bold]{what}:[/] {message}")
+    with console.status(f"[bold]{escape(what)}[/]") as spinner:
+        yield lambda message: spinner.update(f"[bold]{escape(what)}:[/] {escape(message)}")
 
 
 def load(args: argparse.Namespace, console: Console) -> mechlab.LoadedModel:
@@ -71,7 +78,7 @@ def load(args: argparse.Namespace, console: Console) -> mechlab.LoadedModel:
     with progress(console, f"Loading {args.source}") as status:
         loaded = mechlab.load_model(args.source, device=args.device, dtype=dtype, status=status)
     cached = " (converted copy from cache)" if loaded.info.from_cache else ""
-    console.print(f"Loaded {args.source} in {loaded.info.load_seconds:.1f} s{cached}")
+    console.print(f"Loaded {escape(args.source)} in {loaded.info.load_seconds:.1f} s{cached}")
     return loaded
 
 
@@ -93,7 +100,7 @@ def info_table(info: mechlab.ModelInfo) -> Table:
         ("converted cache", info.converted_cache or "-"),
     ]
     for key, value in rows:
-        table.add_row(f"[bold]{key}[/]", value)
+        table.add_row(f"[bold]{key}[/]", escape(value))
     return table
 
 
@@ -108,8 +115,6 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
 
 
 def print_completion(console: Console, completion: mechlab.Completion) -> None:
-    from rich.markup import escape
-
     console.print(f"[dim]{escape(completion.model_text)}[/][bold green]{escape(completion.text)}[/]")
     table = Table(title="Generated tokens and the alternatives the model weighed")
     table.add_column("#", justify="right")
@@ -147,8 +152,9 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
         console.print_json(json.dumps(report.to_dict()))
     for pair in report.generations:
         mark = "[green]=[/]" if pair.agree else "[red]≠[/]"
-        console.print(f"{mark} {pair.prompt!r} → hooked {pair.hooked!r} / reference {pair.reference!r}")
-    console.print(("[bold green]" if report.passed else "[bold red]") + report.summary())
+        texts = f"{pair.prompt!r} → hooked {pair.hooked!r} / reference {pair.reference!r}"
+        console.print(f"{mark} {escape(texts)}")
+    console.print(("[bold green]" if report.passed else "[bold red]") + escape(report.summary()))
     return 0 if report.passed else 1
 
 
@@ -165,8 +171,6 @@ def _sites_arg(values: Sequence[str], per_position: bool) -> Any:
 
 @command("patch")
 def cmd_patch(args: argparse.Namespace, console: Console) -> int:
-    from rich.markup import escape
-
     loaded = load(args, console)
     model = loaded.model
     metric = mechlab.LogitDiff.from_text(model, args.answer, args.wrong)
@@ -192,7 +196,7 @@ def cmd_patch(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     if args.plot:
         result.plot().savefig(args.plot, dpi=110)
-        console.print(f"Wrote {args.plot}")
+        console.print(f"Wrote {escape(str(args.plot))}")
     return 0
 
 
@@ -209,7 +213,8 @@ def cmd_capture(args: argparse.Namespace, console: Console) -> int:
             loaded.model, prompts, args.sites, args.out, batch_size=args.batch_size, progress=progress
         )
     shards = len(dataset.manifest["shards"])
-    console.print(f"{len(dataset)} prompts, sites {', '.join(dataset.sites)} → {args.out} ({shards} shards)")
+    where = f"sites {', '.join(dataset.sites)} → {args.out}"
+    console.print(f"{len(dataset)} prompts, {escape(where)} ({shards} shards)")
     return 0
 
 
@@ -315,8 +320,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args, console)
     except mechlab.MechlabError as error:
-        from rich.markup import escape
-
         Console(stderr=True).print(
             f"[bold red]error:[/] {type(error).__name__}: {escape(str(error))}", highlight=False
         )

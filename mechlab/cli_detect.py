@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import mechlab
@@ -39,7 +40,7 @@ def _sample_count(text: str) -> int:
 
 def detector_table(result: mechlab.DetectorResult, top: int) -> Table:
     control = result.control_samples is not None
-    table = Table(title=f"{result.name}: {result.description}", title_justify="left")
+    table = Table(title=escape(f"{result.name}: {result.description}"), title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("head")
     table.add_column("score", justify="right")
@@ -51,7 +52,7 @@ def detector_table(result: mechlab.DetectorResult, top: int) -> Table:
     table.add_column("verdict")
     colours = {"detected": "bold green", "positional": "yellow", "weak": "dim", "chance": "dim"}
     for rank, row in enumerate(result.top(top), start=1):
-        cells = [str(rank), row.label, f"{row.score:.3f}", f"[{row.low:.3f}, {row.high:.3f}]"]
+        cells = [str(rank), escape(row.label), f"{row.score:.3f}", f"[{row.low:.3f}, {row.high:.3f}]"]
         cells += [f"{row.chance:.3f}", f"{row.baseline:.3f}"]
         if control:
             cells.append(f"{row.control:.3f}")
@@ -62,7 +63,6 @@ def detector_table(result: mechlab.DetectorResult, top: int) -> Table:
 
 @command("detect")
 def cmd_detect(args: argparse.Namespace, console: Console) -> int:
-    from rich.markup import escape
     from rich.progress import Progress
 
     loaded = load(args, console)
@@ -86,9 +86,10 @@ def cmd_detect(args: argparse.Namespace, console: Console) -> int:
     for name, message in report.failures.items():
         console.print(f"[bold red]{escape(name)} failed:[/] {escape(message)}", highlight=False)
     if args.html:
-        console.print(f"Wrote {report.save_html(args.html, title=f'mechlab detect {args.source}')}")
+        written = report.save_html(args.html, title=f"mechlab detect {args.source}")
+        console.print(f"Wrote {escape(str(written))}")
     if args.json:
-        console.print(f"Wrote {report.save(args.json)}")
+        console.print(f"Wrote {escape(str(report.save(args.json)))}")
     return 1 if report.failures else 0
 
 
@@ -102,14 +103,16 @@ def cmd_detectors(args: argparse.Namespace, console: Console) -> int:
     for name in registry.names():
         if name in registry.conflicts:
             providers = " and ".join(entry.provider for entry in registry.conflicts[name])
-            table.add_row(name, providers, "[red]unusable: registered by more than one distribution[/]")
+            table.add_row(
+                escape(name), escape(providers), "[red]unusable: registered by more than one distribution[/]"
+            )
             continue
         entry = registry.entry(name)
         try:
-            description = registry.create(name).description
+            description = escape(registry.create(name).description)
         except mechlab.DetectorError as error:
-            description = f"[red]cannot load: {error}[/]"
-        table.add_row(name, entry.provider, description)
+            description = f"[red]cannot load: {escape(str(error))}[/]"
+        table.add_row(escape(name), escape(entry.provider), description)
     console.print(table)
     return 0
 
@@ -136,7 +139,7 @@ def cmd_train_toy(args: argparse.Namespace, console: Console) -> int:
     directory = trained.save(args.out)
     console.print(
         f"Trained {config.steps} steps in {trained.seconds:.1f} s; loss on the repeated part "
-        f"{trained.final_loss:.3f}. Saved to {directory}: load it as toy:{directory}"
+        f"{trained.final_loss:.3f}. Saved to {escape(f'{directory}: load it as toy:{directory}')}"
     )
     return 0
 

@@ -26,7 +26,15 @@ class OllamaModelNotFoundError(ModelNotFoundError):
 
 
 class HubUnreachableError(ModelNotFoundError):
-    """A model name needs the Hugging Face Hub, which cannot be reached."""
+    """A model name needs the Hugging Face Hub, which cannot be reached (or offline mode is on)."""
+
+
+class HubModelNotFoundError(ModelNotFoundError):
+    """The Hugging Face Hub answered that it has no (public) model of this name."""
+
+
+class HubGatedModelError(HubModelNotFoundError):
+    """The Hub has the model but serves its files only to users who accepted its terms."""
 
 
 class CorruptModelError(MechlabError, ValueError):
@@ -67,16 +75,48 @@ MSG_UNKNOWN_SOURCE = (
     "    ollama:NAME[:TAG]           a model pulled with `ollama pull` (looked up in $OLLAMA_MODELS "
     "or ~/.ollama/models)\n"
     "    DIR | hf:DIR                a local Hugging Face directory with config.json + weights\n"
-    "    hf:ORG/NAME                 a Hugging Face Hub name (needs the Hub or a local HF cache)\n"
+    "    hf:ORG/NAME | ORG/NAME      a Hugging Face Hub name (needs the Hub or a local HF cache)\n"
+    "    gpt2-small, pythia-70m, ... a TransformerLens model name (looked up as its Hub name)\n"
     "    toy:PRESET | toy:DIR | toy:key=value,...   a small TransformerLens-native model"
 )
 
+MSG_PATH_MISSING = (
+    "{source!r} looks like a path, and {resolved} does not exist.\n"
+    "Pass an existing .gguf file or a Hugging Face directory (config.json + weights). A Hub name has "
+    "the form ORG/NAME, without './', '/' or '~' in front (e.g. hf:HuggingFaceTB/SmolLM2-135M-Instruct)."
+)
+
+MSG_HUB_OFFLINE = (
+    "{label} is not a local path, so mechlab looked for it in the local Hugging Face cache and did not "
+    "find it; offline mode is on (HF_HUB_OFFLINE=1), so the Hub was not asked.\n"
+    "Load a local copy instead: download it where you have network access (`hf download {name} "
+    "--local-dir DIR`), copy DIR here and pass DIR, or pass the path of a GGUF file you already run "
+    "with llama.cpp or Ollama. Unset HF_HUB_OFFLINE to let mechlab download it."
+)
+
 MSG_HUB_UNREACHABLE = (
-    "{name!r} is not a local path, so mechlab asked the Hugging Face Hub for it, and the Hub could "
+    "{label} is not a local path, so mechlab asked the Hugging Face Hub for it, and the Hub could "
     "not be reached (and the model is not in the local HF cache).\n"
-    "Download it where you have network access (e.g. `huggingface-cli download {name} "
-    "--local-dir DIR`), copy DIR here, and load it with `mechlab.load_model('DIR')`, or pass the path "
-    "of a GGUF file you already run with llama.cpp or Ollama.\nUnderlying error: {error}"
+    "Load a local copy instead: download it where you have network access (`hf download {name} "
+    "--local-dir DIR`), copy DIR here and pass DIR, or pass the path of a GGUF file you already run "
+    "with llama.cpp or Ollama.\nUnderlying error: {error}"
+)
+
+MSG_HUB_NOT_FOUND = (
+    "The Hugging Face Hub has no model {label} (or it is private and you are not logged in).\n"
+    "Check the spelling against https://huggingface.co/{name} (Hub names have the form ORG/NAME); "
+    "for a private model log in with `hf auth login`. A local file or directory loads by its path."
+)
+
+MSG_HUB_GATED = (
+    "{label} is a gated model: the Hugging Face Hub serves its files only to logged-in users who "
+    "accepted its terms.\nAccept them at https://huggingface.co/{name}, then log in with "
+    "`hf auth login` (or set HF_TOKEN) and try again; or pass a local copy's path."
+)
+
+MSG_HUB_FAILED = (
+    "transformers could not load {label} from the Hugging Face Hub: {error}\n"
+    "If you have the model locally, pass its path (a .gguf file or a directory with config.json)."
 )
 
 MSG_NOT_GGUF = (
@@ -91,8 +131,22 @@ MSG_CORRUPT_GGUF = (
 
 MSG_UNSUPPORTED_GGUF_ARCH = (
     "{path} holds a {arch!r} model. mechlab converts GGUF files with transformers' GGUF loader, which "
-    "supports these architectures: {supported}.\nConvert the model to a Hugging Face directory with "
-    "another tool and pass that directory instead."
+    "does not convert {arch!r}.\nGGUF architectures mechlab can load (converted and hooked): "
+    "{supported}.\nConvert the model to a Hugging Face directory with another tool and pass that "
+    "directory instead."
+)
+
+MSG_NOT_CAUSAL_GGUF_ARCH = (
+    "{path} holds a {arch!r} model (transformers model type {model_type!r}), and transformers has no "
+    "causal language model class for that type (AutoModelForCausalLM cannot build it; encoder-decoder "
+    "models such as T5 do not predict the next token of their input), so mechlab cannot hook it.\n"
+    "GGUF architectures mechlab can load: {supported}."
+)
+
+MSG_UNHOOKABLE_GGUF_ARCH = (
+    "{path} holds a {arch!r} model, which transformers loads as {hf_class}, and TransformerLens "
+    "{tl_version} has no adapter for {hf_class}, so it cannot be hooked.\n"
+    "GGUF architectures mechlab can load: {supported}."
 )
 
 MSG_UNSUPPORTED_TL_ARCH = (

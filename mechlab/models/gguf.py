@@ -2,13 +2,19 @@
 
 Conversion uses transformers' GGUF loader: it dequantizes every tensor to floating point, undoes
 llama.cpp's Q/K row permutation, and rebuilds the tokenizer and chat template from the file's
-metadata. It takes ~20 s for a 135M-parameter model, so the result is saved as a Hugging Face
+metadata. It takes ~25 s for a 135M-parameter model, so the result is saved as a Hugging Face
 directory (safetensors) in mechlab's cache, keyed by the file's sha256; later loads read that copy.
+
+Before converting, the file's ``general.architecture`` is checked three ways, so an unusable file
+fails before the conversion and leaves nothing in the cache: transformers' GGUF loader must convert
+it, transformers must load it as a causal LM (T5's encoder-decoder does not qualify), and
+TransformerLens must have an adapter for the resulting class.
 """
 
 import collections
 import dataclasses
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,9 @@ import torch
 
 from mechlab.errors import (
     MSG_CORRUPT_GGUF,
+    MSG_NOT_CAUSAL_GGUF_ARCH,
     MSG_NOT_GGUF,
+    MSG_UNHOOKABLE_GGUF_ARCH,
     MSG_UNSUPPORTED_GGUF_ARCH,
     CorruptModelError,
     ModelNotFoundError,
@@ -28,6 +36,16 @@ from mechlab.models.hf import quiet_transformers
 
 GGUF_MAGIC = b"GGUF"
 HEADER_FILE = "mechlab-gguf.json"
+# llama.cpp architecture names that transformers' GGUF loader renames to its own model types
+# (transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint; a unit test compares the two).
+_LLAMA_CPP_RENAMES = {
+    "qwen2moe": "qwen2_moe",
+    "qwen3moe": "qwen3_moe",
+    "gpt-oss": "gpt_oss",
+    "minimax-m2": "minimax_m2",
+}
+# GGUF files of these hold only the text backbone, which transformers loads under a *_text type.
+_TEXT_ONLY = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +62,45 @@ class GGUFHeader:
     n_tensors: int
 
 
-def supported_architectures() -> list[str]:
-    """GGUF ``general.architecture`` values that transformers' GGUF loader converts."""
+def convertible_architectures() -> list[str]:
+    """Architectures (transformers' names) that transformers' GGUF loader converts."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     return sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+
+
+def model_type(architecture: str) -> str:
+    """The transformers model type a GGUF ``general.architecture`` converts to.
+
+    >>> model_type("llama"), model_type("qwen2moe"), model_type("gemma3"), model_type("t5encoder")
+    ('llama', 'qwen2_moe', 'gemma3_text', 't5')
+    """
+    if "t5" in architecture:  # t5, t5encoder; umt5 files say "t5" too and differ only in general.name
+        return "t5"
+    loader_name = _LLAMA_CPP_RENAMES.get(architecture, architecture)
+    return _TEXT_ONLY.get(loader_name, loader_name)
+
+
+def causal_lm_class(architecture: str) -> str | None:
+    """The transformers class AutoModelForCausalLM builds for this GGUF architecture, if any."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type(architecture))
+    return name if isinstance(name, str) else None
+
+
+def _hookable_classes() -> dict[str, Any]:
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    return SUPPORTED_ARCHITECTURES
+
+
+def supported_architectures() -> list[str]:
+    """GGUF architectures (llama.cpp's names) mechlab loads: converted, a causal LM, and hookable."""
+    from_loader = {v: k for k, v in _LLAMA_CPP_RENAMES.items()}
+    hookable = _hookable_classes()
+    names = (from_loader.get(a, a) for a in convertible_architectures())
+    return sorted(a for a in names if causal_lm_class(a) in hookable)
 
 
 def _field(reader: Any, key: str) -> Any:
@@ -106,14 +158,43 @@ def read_header(path: Path) -> GGUFHeader:
 
 
 def check_supported(header: GGUFHeader) -> None:
-    """Raise ``UnsupportedArchitectureError`` unless transformers can convert this architecture."""
-    supported = supported_architectures()
-    if header.architecture not in supported:
+    """Raise ``UnsupportedArchitectureError`` unless mechlab can convert, load and hook this file.
+
+    Runs before the conversion, so it costs no dequantization and writes nothing to the cache.
+    """
+    arch = header.architecture
+    supported = ", ".join(supported_architectures())
+    if arch not in convertible_architectures() and model_type(arch) not in convertible_architectures():
         raise UnsupportedArchitectureError(
-            MSG_UNSUPPORTED_GGUF_ARCH.format(
-                path=header.path, arch=header.architecture, supported=", ".join(supported)
+            MSG_UNSUPPORTED_GGUF_ARCH.format(path=header.path, arch=arch, supported=supported)
+        )
+    hf_class = causal_lm_class(arch)
+    if hf_class is None:
+        raise UnsupportedArchitectureError(
+            MSG_NOT_CAUSAL_GGUF_ARCH.format(
+                path=header.path, arch=arch, model_type=model_type(arch), supported=supported
             )
         )
+    if hf_class not in _hookable_classes():
+        raise UnsupportedArchitectureError(
+            MSG_UNHOOKABLE_GGUF_ARCH.format(
+                path=header.path,
+                arch=arch,
+                hf_class=hf_class,
+                tl_version=transformer_lens_version(),
+                supported=supported,
+            )
+        )
+
+
+def transformer_lens_version() -> str:
+    """The installed TransformerLens version (the package has no ``__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:
+        return "4.x"
 
 
 def convert(path: Path, header: GGUFHeader, out: Path, *, status: Callable[[str], None]) -> None:
@@ -169,6 +250,11 @@ def ensure_converted(path: Path, *, status: Callable[[str], None]) -> tuple[Path
     with atomic_dir_sibling(target) as tmp:
         convert(path, header, tmp, status=status)
     return target, header, sha, False
+
+
+def discard_converted(converted: Path) -> None:
+    """Remove a converted copy (one this process just wrote and then failed to load)."""
+    shutil.rmtree(converted, ignore_errors=True)
 
 
 def load_header(converted: Path) -> GGUFHeader:

@@ -1,4 +1,8 @@
-"""Hugging Face checkpoints: a local directory (offline), or a Hub name when the Hub is reachable."""
+"""Hugging Face checkpoints: a local directory (offline), or a Hub name when the Hub is reachable.
+
+A Hub name may also be a TransformerLens model name (``gpt2-small``, ``pythia-70m``): TransformerLens'
+alias table turns it into the Hub name (``gpt2``, ``EleutherAI/pythia-70m``) before the Hub is asked.
+"""
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -7,7 +11,19 @@ from typing import Any
 
 import torch
 
-from mechlab.errors import MSG_HUB_UNREACHABLE, CorruptModelError, HubUnreachableError, ModelNotFoundError
+from mechlab.errors import (
+    MSG_HUB_FAILED,
+    MSG_HUB_GATED,
+    MSG_HUB_NOT_FOUND,
+    MSG_HUB_OFFLINE,
+    MSG_HUB_UNREACHABLE,
+    CorruptModelError,
+    HubGatedModelError,
+    HubModelNotFoundError,
+    HubUnreachableError,
+    MechlabError,
+    ModelNotFoundError,
+)
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
@@ -80,11 +96,33 @@ def load_dir(path: Path, *, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def load_hub(name: str, *, dtype: torch.dtype) -> tuple[Any, Any]:
+def official_name(name: str) -> str:
+    """The Hub name of a TransformerLens model name (case-insensitive), else ``name`` unchanged.
+
+    >>> official_name("gpt2-small"), official_name("pythia-70m"), official_name("org/model")
+    ('gpt2', 'EleutherAI/pythia-70m', 'org/model')
+    """
+    from transformer_lens.supported_models import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:  # not in TransformerLens' table: take the name as a Hub name
+        return name
+
+
+def load_hub(name: str, *, dtype: torch.dtype, requested: str | None = None) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` by Hub name (from the local HF cache when offline).
 
+    Args:
+        name: the Hub name, e.g. ``"gpt2"`` or ``"EleutherAI/pythia-70m"``.
+        dtype: parameter dtype.
+        requested: the name the user gave, when it differs (a TransformerLens alias); errors name both.
+
     Raises:
-        HubUnreachableError: the Hub cannot be reached and the model is not cached locally.
+        HubUnreachableError: the Hub cannot be reached (or offline mode is on) and the model is not
+            in the local HF cache.
+        HubModelNotFoundError: the Hub has no such model; ``HubGatedModelError`` if it is gated.
+        ModelNotFoundError: any other failure to fetch the files (the message quotes it).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,8 +131,49 @@ def load_hub(name: str, *, dtype: torch.dtype) -> tuple[Any, Any]:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as error:
-        raise HubUnreachableError(MSG_HUB_UNREACHABLE.format(name=name, error=error)) from error
+        raise hub_error(name, error, requested=requested) from error
     return model, tokenizer
+
+
+def hub_error(name: str, error: BaseException, *, requested: str | None = None) -> MechlabError:
+    """The mechlab error for a failed Hub load, chosen by the huggingface_hub exception behind it.
+
+    transformers re-raises huggingface_hub's exceptions as ``OSError`` chained to the original, so
+    the chain (``__cause__``, then ``__context__``) is searched for the first class that decides.
+    """
+    import httpx
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    label = repr(name) if requested in (None, name) else f"{requested!r} (TransformerLens' name for {name!r})"
+    causes = list(_chain(error))
+    root = f"{type(causes[-1]).__name__}: {causes[-1]}"
+    for cause in causes:
+        if isinstance(cause, GatedRepoError):
+            return HubGatedModelError(MSG_HUB_GATED.format(label=label, name=name))
+        if isinstance(cause, RepositoryNotFoundError):
+            return HubModelNotFoundError(MSG_HUB_NOT_FOUND.format(label=label, name=name))
+        if isinstance(cause, LocalEntryNotFoundError | OfflineModeIsEnabled) and constants.is_offline_mode():
+            return HubUnreachableError(MSG_HUB_OFFLINE.format(label=label, name=name))
+        unreachable = (LocalEntryNotFoundError, ConnectionError, httpx.NetworkError, httpx.TimeoutException)
+        if isinstance(cause, unreachable):
+            return HubUnreachableError(MSG_HUB_UNREACHABLE.format(label=label, name=name, error=root))
+    return ModelNotFoundError(MSG_HUB_FAILED.format(label=label, error=error))
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or during, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def storage_dtypes(path: Path) -> dict[str, int]:

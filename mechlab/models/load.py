@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 
 from mechlab.errors import (
+    MSG_PATH_MISSING,
     MSG_UNKNOWN_SOURCE,
     MSG_UNSUPPORTED_TL_ARCH,
     ModelNotFoundError,
@@ -83,7 +84,12 @@ def load_model(
 
 
 def resolve_source(source: str) -> tuple[str, str]:
-    """Classify a source string: ``(kind, target)`` with kind in gguf / hf / hub / toy."""
+    """Classify a source string: ``(kind, target)`` with kind in gguf / hf / hub / toy.
+
+    A Hub name that TransformerLens knows by another name comes back as its Hub name
+    (``gpt2-small`` → ``("hub", "gpt2")``). A string that looks like a path (``./x``, ``/x``, ``~/x``,
+    ``x.gguf``, ``a/b/c``) but names nothing raises ``ModelNotFoundError``; it never reaches the Hub.
+    """
     text = source.strip()
     if not text:
         raise SourceError(MSG_UNKNOWN_SOURCE.format(source=source, hint="The source is empty."))
@@ -98,7 +104,11 @@ def resolve_source(source: str) -> tuple[str, str]:
         if scheme == "toy":
             return "toy", rest
         path = Path(rest).expanduser()
-        return ("hf", rest) if path.exists() else ("hub", rest)
+        if path.exists():
+            return "hf", rest
+        if _looks_like_path(rest):
+            raise _missing(source, path)
+        return "hub", hf.official_name(rest)
     path = Path(text).expanduser()
     if path.is_file():
         return "gguf", text
@@ -106,14 +116,28 @@ def resolve_source(source: str) -> tuple[str, str]:
         if toy.is_checkpoint(path):
             return "toy", text
         return "hf", text
-    if text.lower().endswith(".gguf") or text.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"{text} does not exist (resolved to {path.resolve()}). Check the path.")
+    if _looks_like_path(text):
+        raise _missing(source, path)
     if sep and len(scheme) > 1:
         hint = f"Unknown scheme {scheme!r}: known schemes are {', '.join(s + ':' for s in _SCHEMES)}."
         raise SourceError(MSG_UNKNOWN_SOURCE.format(source=source, hint=hint))
     if _HUB_NAME.match(text):
-        return "hub", text
+        return "hub", hf.official_name(text)
     raise SourceError(MSG_UNKNOWN_SOURCE.format(source=source, hint="It is not a path that exists."))
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether ``text`` can only be meant as a file or directory: Hub names are ``NAME`` or ``ORG/NAME``."""
+    return (
+        text.startswith((".", "/", "~"))
+        or text.lower().endswith(".gguf")
+        or "\\" in text
+        or text.count("/") > 1
+    )
+
+
+def _missing(source: str, path: Path) -> ModelNotFoundError:
+    return ModelNotFoundError(MSG_PATH_MISSING.format(source=source, resolved=path.resolve()))
 
 
 def wrap_hf_model(
@@ -128,7 +152,6 @@ def wrap_hf_model(
 
     ``prepend_bos=None`` keeps whatever the tokenizer does by itself.
     """
-    import transformer_lens
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
@@ -137,7 +160,7 @@ def wrap_hf_model(
         raise UnsupportedArchitectureError(
             MSG_UNSUPPORTED_TL_ARCH.format(
                 arch=architecture,
-                tl_version=getattr(transformer_lens, "__version__", "4.x"),
+                tl_version=gguf.transformer_lens_version(),
                 supported=", ".join(sorted(a for a in SUPPORTED_ARCHITECTURES if "CausalLM" in a)),
             )
         )
@@ -174,8 +197,13 @@ def _load_gguf(
     say(f"checking {path.name}")
     converted, header, sha, was_cached = gguf.ensure_converted(path.expanduser(), status=say)
     say("loading converted weights" if was_cached else "loading the new converted copy")
-    hf_model, tokenizer = hf.load_dir(converted, dtype=torch.float32)
-    model = wrap_hf_model(hf_model, tokenizer, device=device, dtype=dtype, prepend_bos=header.add_bos)
+    try:
+        hf_model, tokenizer = hf.load_dir(converted, dtype=torch.float32)
+        model = wrap_hf_model(hf_model, tokenizer, device=device, dtype=dtype, prepend_bos=header.add_bos)
+    except Exception:
+        if not was_cached:  # a copy that cannot be loaded must not turn later loads into cache hits
+            gguf.discard_converted(converted)
+        raise
     info = _info_from(
         model,
         source=source,
@@ -200,7 +228,8 @@ def _load_hf(
     if kind == "hf":
         hf_model, tokenizer = hf.load_dir(Path(target).expanduser(), dtype=torch.float32)
     else:
-        hf_model, tokenizer = hf.load_hub(target, dtype=torch.float32)
+        requested = source.strip().removeprefix("hf:")
+        hf_model, tokenizer = hf.load_hub(target, dtype=torch.float32, requested=requested)
     model = wrap_hf_model(hf_model, tokenizer, device=device, dtype=dtype)
     info = _info_from(
         model,

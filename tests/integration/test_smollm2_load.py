@@ -105,7 +105,12 @@ def test_conversion_is_cached_and_second_load_is_faster(tmp_path: Path, monkeypa
     second = mechlab.load_model("smollm2")
     assert not first.info.from_cache and second.info.from_cache
     assert any("dequantizing tensors 272/272" in s for s in statuses)
-    assert second.info.load_seconds * 2 < first.info.load_seconds
+    # Measured on 2 cores: ~28 s with the conversion, 3-4 s from the cache (7-9x). 3x leaves room for
+    # a machine busy with other work during one of the two loads.
+    assert second.info.load_seconds * 3 < first.info.load_seconds, (
+        first.info.load_seconds,
+        second.info.load_seconds,
+    )
     entry = Path(second.info.converted_cache or "")
     assert entry.parent == tmp_path / "cache" / "models" and (entry / "model.safetensors").is_file()
     tokens = first.model.to_tokens(EIFFEL)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import torch
 import mechlab
 from mechlab import (
     CorruptModelError,
-    HubUnreachableError,
     ModelNotFoundError,
     OllamaModelNotFoundError,
     SourceError,
@@ -71,9 +71,98 @@ def test_unsupported_gguf_architecture_names_it_and_the_supported_ones(tmp_path:
         mechlab.load_model(str(path))
 
 
-def test_hub_name_offline_says_so_and_suggests_a_path() -> None:
-    with pytest.raises(HubUnreachableError, match=r"(?s)could not be reached.*local-dir DIR"):
-        mechlab.load_model("hf:some-org/some-model-that-is-not-cached")
+@pytest.fixture
+def no_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh cache directory, returned, and a ``gguf.convert`` that fails the test if called."""
+    from mechlab.models import gguf as gguf_module
+
+    def convert(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the architecture check must run before the conversion")
+
+    monkeypatch.setenv("MECHLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf_module, "convert", convert)
+    return tmp_path / "cache"
+
+
+def converted_entries(cache: Path) -> list[Path]:
+    models = cache / "models"
+    return sorted(models.iterdir()) if models.is_dir() else []
+
+
+@pytest.mark.parametrize("arch", ["t5", "t5encoder"])
+def test_encoder_decoder_gguf_is_refused_before_conversion(
+    tmp_path: Path, no_conversion: Path, arch: str
+) -> None:
+    path = write_gguf(tmp_path / "m.gguf", arch=arch)
+    with pytest.raises(
+        UnsupportedArchitectureError,
+        match=rf"(?s)holds a '{arch}' model \(transformers model type 't5'\), and transformers has no causal "
+        r"language model class.*GGUF architectures mechlab can load: .*llama.*qwen2",
+    ):
+        mechlab.load_model(str(path))
+    assert converted_entries(no_conversion) == []
+
+
+def test_gguf_transformer_lens_cannot_hook_is_refused_before_conversion(
+    tmp_path: Path, no_conversion: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    monkeypatch.delitem(SUPPORTED_ARCHITECTURES, "LlamaForCausalLM")
+    path = write_gguf(tmp_path / "m.gguf", arch="llama")
+    with pytest.raises(
+        UnsupportedArchitectureError,
+        match=r"(?s)holds a 'llama' model, which transformers loads as LlamaForCausalLM, and TransformerLens "
+        r"\S+ has no adapter for LlamaForCausalLM.*can load: .*qwen2",
+    ) as info:
+        mechlab.load_model(str(path))
+    assert "'llama'," not in str(info.value).rpartition("can load:")[2]
+    assert converted_entries(no_conversion) == []
+
+
+def test_llama_cpp_names_are_checked_as_transformers_renames_them(tmp_path: Path) -> None:
+    from mechlab.models import gguf as gguf_module
+
+    for arch in ("qwen2moe", "qwen3moe", "gpt-oss", "gemma3", "llama"):
+        gguf_module.check_supported(gguf_module.read_header(write_gguf(tmp_path / f"{arch}.gguf", arch=arch)))
+    assert {"qwen2moe", "gpt-oss", "llama"} <= set(gguf_module.supported_architectures())
+    assert "t5" not in gguf_module.supported_architectures()
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["llama", "qwen2", "qwen2moe", "qwen3moe", "gpt-oss", "minimax-m2", "gemma3", "gemma4", "t5", "phi3"],
+)
+def test_model_type_agrees_with_transformers_gguf_loader(tmp_path: Path, arch: str) -> None:
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from mechlab.models.gguf import model_type
+    from mechlab.models.hf import quiet_transformers
+
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch=arch)
+    with quiet_transformers():
+        parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+    assert model_type(arch) == parsed["config"]["model_type"]
+
+
+def test_a_converted_copy_that_fails_to_load_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mechlab.models import gguf as gguf_module
+
+    def convert_without_weights(
+        path: Path, header: gguf_module.GGUFHeader, out: Path, **kwargs: object
+    ) -> None:
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
+        (out / gguf_module.HEADER_FILE).write_text(json.dumps(dataclasses.asdict(header)))
+
+    monkeypatch.setenv("MECHLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf_module, "convert", convert_without_weights)
+    path = write_gguf(tmp_path / "m.gguf", arch="llama")
+    with pytest.raises(CorruptModelError, match="no weights"):
+        mechlab.load_model(str(path))
+    assert converted_entries(tmp_path / "cache") == []
 
 
 def test_hf_dir_without_weights(tmp_path: Path) -> None:
