@@ -189,3 +189,20 @@ def test_resume_refuses_a_different_run(tiny, tmp_path) -> None:
     assert len(mechlab.read_capture(tmp_path)) == 4  # the store is left as it was
     with pytest.raises(CaptureStoreError, match=r"no manifest\.json"):
         mechlab.read_capture(tmp_path / "missing")
+
+
+def test_capture_dataset_streams_its_inputs(tiny, tmp_path) -> None:
+    """Inputs are drawn one batch at a time and each batch is on disk before the next is read."""
+    items, drawn, on_disk = _inputs(7), [], []
+
+    def lazily():  # a generator: capture_dataset cannot know or read ahead of the dataset's size
+        for n, item in enumerate(items, start=1):
+            drawn.append(n)
+            yield item
+
+    def progress(state: mechlab.CaptureProgress) -> None:
+        on_disk.append((len(drawn), len(list(tmp_path.glob("*.safetensors")))))
+
+    dataset = capture_dataset(tiny.model, lazily(), SITES, tmp_path, batch_size=2, progress=progress)
+    assert on_disk == [(2, 1), (4, 2), (6, 3), (7, 4)]
+    assert len(dataset) == 7 and dataset.manifest["complete"]
