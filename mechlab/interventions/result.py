@@ -195,9 +195,17 @@ class PatchResult:
         flat = values.reshape(-1, values.shape[-1])
         return flat, self.labels[2], rows, self.axes[2], f"{self.axes[0]}.{self.axes[1]}"
 
-    def plot(self, *, normalized: bool = True, effect: bool = False, title: str | None = None) -> Figure:
+    def plot(
+        self,
+        *,
+        normalized: bool = True,
+        effect: bool = False,
+        title: str | None = None,
+        label: str | None = None,
+    ) -> Figure:
         """A heatmap over the grid of the normalized patched metric (where defined), of the raw
-        patched metric (``normalized=False``), or of ``effect`` (``effect=True``)."""
+        patched metric (``normalized=False``), or of ``effect`` (``effect=True``). ``label`` names
+        the plotted quantity on the colour bar (default: derived from the metric's description)."""
         use_norm = normalized and self.normalizable and not effect
         if effect:
             data, what = self.effect, ("effect" if self.normalizable else f"effect on {self.metric}")
@@ -213,7 +221,7 @@ class PatchResult:
             ylabel=ylabel,
             xticklabels=xt,
             yticklabels=yt,
-            colorbar_label=what,
+            colorbar_label=what if label is None else label,
             annotate=grid.numel() <= 120,
         )
 

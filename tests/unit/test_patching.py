@@ -249,6 +249,9 @@ def test_result_views(tiny, pair) -> None:
     }
     assert torch.allclose(shown["effect"], result.effect.reshape(8, 8).float(), atol=1e-6)
     assert torch.allclose(shown["values"], result.values.reshape(8, 8).float(), atol=1e-6)
+    colorbar = result.plot(effect=True, label="logit(' she') − logit(' he')").axes[-1]
+    assert colorbar.get_ylabel() == "logit(' she') − logit(' he')"
+    assert result.plot().axes[-1].get_ylabel() == "normalized effect"
 
 
 def test_results_without_a_normalized_effect_fall_back_to_the_change(tiny, pair) -> None:
