@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip install --quiet --progress-bar off
 # torch is pinned to the CPU wheel (constraints.txt): an unpinned torch pulls a multi-GB CUDA build.
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: install demo screenshot test test-fast test-slow lint bench notebooks circuits browser-deps clean
+.PHONY: install demo demo-check screenshot test test-fast test-slow lint bench notebooks circuits browser-deps clean
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ demo: install
 	@mkdir -p out
 	$(BIN)/mechlab explain smollm2 "$(DEMO_PROMPT)" --contrast " he" --verify \
 		--out out/report.html --json out/summary.json
+
+# Opens the demo's report in headless Chromium, offline, and checks it as the browser test does: no
+# request leaves the page, no console error, attention widgets drawn, the completion and the
+# Integrated Gradients section shown (needs `make browser-deps`).
+demo-check: demo
+	$(BIN)/python -m tests.browser.harness --check out/report.html --summary out/summary.json
 
 # The README's picture of the report (needs `make browser-deps`).
 screenshot: demo

@@ -17,6 +17,7 @@ from mechlab.cli import command, load
 from mechlab.errors import InputError
 from mechlab.explain.explanation import explain
 from mechlab.explain.settings import DEFAULT_DETECTORS, STAGES, ExplainProgress, ExplainSettings
+from mechlab.generation import check_prompt
 from mechlab.render.html import atomic_write
 
 
@@ -58,6 +59,9 @@ def settings_from(args: argparse.Namespace) -> ExplainSettings:
 
 @command("explain")
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
+    # Checks that need no model run before loading it; the prompt's length and --target/--contrast
+    # need the tokenizer and are checked by explain() before it generates.
+    check_prompt(args.prompt)
     out = writable(Path(args.out), "out")
     summary_path = writable(Path(args.json), "json") if args.json else None
     settings = settings_from(args)
@@ -100,7 +104,19 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     )
     if summary_path is not None:
         console.print(f"Summary: {escape(str(summary_path))}")
-    return 0
+    verification = explanation.verification
+    if verification is None:
+        return 0
+    if verification.passed:
+        console.print(f"[bold green]Verification {escape(verification.summary())}[/]")
+        return 0
+    console.print(
+        f"[bold red]Verification {escape(verification.summary())}[/]\n"
+        "The report was written, but the hooked model disagrees with its reference beyond tolerance, "
+        "so its explanations may not describe the original model: run `mechlab verify "
+        f"{escape(args.source)}` for details."
+    )
+    return 1
 
 
 def add_report_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -130,5 +146,8 @@ def add_report_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--no-detectors", action="store_true", help="skip the detectors")
     p.add_argument(
-        "--verify", action="store_true", help="also check the model against a transformers reference"
+        "--verify",
+        action="store_true",
+        help="also check the model against a transformers reference (exit code 1 if they disagree; "
+        "the report is still written)",
     )

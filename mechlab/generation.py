@@ -65,6 +65,20 @@ def require_tokenizer(model: HookedModel) -> Any:
     return tokenizer
 
 
+EMPTY_PROMPT = "The prompt is empty: give the text the model should continue."
+
+
+def check_prompt(prompt: str) -> str:
+    """The checks on a prompt that need no model: it must hold more than whitespace.
+
+    Raises:
+        InputError: the prompt is empty or whitespace only.
+    """
+    if not prompt or not prompt.strip():
+        raise InputError(EMPTY_PROMPT)
+    return prompt
+
+
 def encode_prompt(model: HookedModel, prompt: str, *, chat: bool = False) -> tuple[str, Tokens]:
     """``(model_text, tokens)`` for a prompt, applying the chat template when ``chat`` is True.
 
@@ -73,8 +87,7 @@ def encode_prompt(model: HookedModel, prompt: str, *, chat: bool = False) -> tup
             longer than the model's context.
     """
     tokenizer = require_tokenizer(model)
-    if not prompt or not prompt.strip():
-        raise InputError("The prompt is empty: give the text the model should continue.")
+    check_prompt(prompt)
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise InputError("This model has no chat template; run without --chat / chat=True.")
@@ -115,17 +128,28 @@ def generate(
         temperature: 0 for greedy decoding; > 0 samples with this temperature.
         seed: seeds sampling (ignored when greedy).
         top_k: how many alternatives to record per step.
+
+    Raises:
+        InputError: as ``encode_prompt``, or a prompt that fills the whole context (generation
+            needs room for at least one new token).
     """
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     text, tokens = encode_prompt(model, prompt, chat=chat)
+    n_ctx, n_prompt = int(model.cfg.n_ctx), int(tokens.shape[-1])
+    if n_prompt >= n_ctx:
+        raise InputError(
+            f"The prompt is {n_prompt} tokens long and fills this model's whole context ({n_ctx} "
+            "tokens), leaving no room to generate a token. Shorten the prompt to at most "
+            f"{n_ctx - 1} tokens."
+        )
     tokenizer = require_tokenizer(model)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         out = model.generate(
             tokens,
-            max_new_tokens=min(max_new_tokens, int(model.cfg.n_ctx) - tokens.shape[-1]),
+            max_new_tokens=min(max_new_tokens, n_ctx - n_prompt),
             do_sample=temperature > 0,
             temperature=temperature if temperature > 0 else 1.0,
             output_logits=True,

@@ -4,9 +4,11 @@ Hugging Face offline mode is switched on before anything imports transformers, a
 connection outside loopback fails the test that made it.
 """
 
+import errno
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,6 +37,34 @@ def _loopback_only(self: socket.socket, address: object) -> object:
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+
+
+class _FullDisk:
+    """A file object whose ``write`` stores half of the data, then fails as a full disk does."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def write(self, data: bytes) -> int:
+        self.file.write(data[: len(data) // 2])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fileno(self) -> int:
+        return int(self.file.fileno())
+
+    def __enter__(self) -> "_FullDisk":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+@pytest.fixture
+def disk_full_mid_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files opened with ``os.fdopen`` (mechlab's atomic writes) fail after half their content."""
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *args, **kwargs: _FullDisk(real_fdopen(*args, **kwargs)))
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,20 @@ def image(data_uri: str, alt: str) -> str:
     return f'<img src="{data_uri}" alt="{escape(alt)}" style="max-width:100%">'
 
 
+def _default_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` minus the process umask."""
+    # os.umask can only be read by setting it; it is restored at once.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
+
+    The file gets the permissions a plain write would give it (``0o666`` minus the umask;
+    ``mkstemp`` alone would leave it readable by its owner only). An existing file at ``path`` is
+    replaced only once the new content is complete.
 
     Raises:
         InputError: the directory does not exist or is not writable (nothing is left behind).
@@ -49,6 +61,7 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
         raise InputError(f"Cannot write {path}: {error.strerror}. Choose a writable location.") from error
     try:
         with os.fdopen(handle, "wb") as out:
+            os.fchmod(out.fileno(), _default_mode())
             out.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:

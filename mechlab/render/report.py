@@ -51,6 +51,27 @@ def _prompt_section(page: Page, ex: Any) -> None:
     section.text(f"Decoding: {sampling}.", note=True)
 
 
+def token_choice_note(target: str | None, contrast: str | None) -> str:
+    """Who picked the explained token and its contrast: the user (``--target``/``--contrast``) or
+    the model (the generated token; the most likely other token)."""
+    if target is not None and contrast is not None:
+        return "Both tokens were chosen by the user (--target and --contrast)."
+    if target is not None:
+        return (
+            "The explained token was chosen by the user (--target); the contrast is the token the model "
+            "found most likely apart from it."
+        )
+    if contrast is not None:
+        return (
+            "The contrast token was chosen by the user (--contrast); the explained token is the one the "
+            "model generated."
+        )
+    return (
+        "Both tokens come from the model: the token it generated and the runner-up, the token it found "
+        "most likely apart from that one."
+    )
+
+
 def _target_section(page: Page, ex: Any) -> None:
     chosen, contrast = ex.target_names
     verb = "weighed" if ex.settings.target is not None else "chose"
@@ -61,8 +82,7 @@ def _target_section(page: Page, ex: Any) -> None:
         f"logit({chosen}) − logit({contrast}) = {ex.dla.value:+.3f} at the last position of the context "
         f"({int(ex.context.shape[1])} tokens).",
     )
-    if ex.settings.target is not None or ex.settings.contrast is not None:
-        section.text("The target and contrast tokens were chosen by the user.", note=True)
+    section.text(token_choice_note(ex.settings.target, ex.settings.contrast), note=True)
 
 
 def _heads_section(page: Page, ex: Any) -> None:

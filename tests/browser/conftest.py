@@ -10,8 +10,5 @@ from tests.browser.harness import CHROMIUM_CANDIDATES, DRIVER_CANDIDATES, chromi
 def chromium() -> Iterator[Any]:
     if find(CHROMIUM_CANDIDATES, "chromium") is None or find(DRIVER_CANDIDATES, "chromedriver") is None:
         pytest.skip("needs Debian's chromium and chromium-driver (CI installs them)")
-    driver = chromium_driver()
-    try:
+    with chromium_driver() as driver:
         yield driver
-    finally:
-        driver.quit()

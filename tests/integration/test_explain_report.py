@@ -11,7 +11,8 @@ import mechlab
 from mechlab.cli import main
 from mechlab.explain.explanation import Explanation, explain
 from mechlab.explain.settings import ExplainSettings
-from mechlab.render.page import Page
+from mechlab.models import verify as verify_module
+from mechlab.models.verify import GenerationPair, VerifyReport
 
 NURSE = "The nurse was tired because"
 SETTINGS = ExplainSettings(max_new_tokens=6, contrast=" he", detectors=("induction",), detector_samples=2)
@@ -119,17 +120,72 @@ def test_bad_input_is_a_clear_error_and_leaves_no_file(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_write_leaves_no_partial_file(nurse, tmp_path: Path, monkeypatch) -> None:
-    def broken(self: Page, *, prefix: str | None = None) -> str:
-        raise RuntimeError("disk full")
+def test_failed_write_keeps_the_previous_report(nurse, tmp_path: Path, disk_full_mid_write: None) -> None:
+    previous = tmp_path / "report.html"
+    previous.write_text("yesterday's report")
+    with pytest.raises(OSError, match="No space left on device"):
+        nurse.save(previous)
+    assert previous.read_text() == "yesterday's report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
-    monkeypatch.setattr(Page, "render", broken)
-    with pytest.raises(RuntimeError, match="disk full"):
-        nurse.save(tmp_path / "report.html")
-    assert list(tmp_path.iterdir()) == []
+
+def test_report_says_who_chose_the_tokens(nurse, tmp_path: Path) -> None:
+    text = " ".join(nurse.save(tmp_path / "r.html").read_text().split())
+    assert (
+        "The contrast token was chosen by the user (--contrast); the explained token is the one the "
+        "model generated." in text
+    )
+    assert "model chose &#x27; she&#x27;" in text and "tokens were chosen by the user" not in text
 
 
-def test_cli_writes_report_and_summary(tmp_path: Path, capsys) -> None:
+CHEAP = ["--max-new-tokens", "1", "--no-detectors", "--ig-steps", "8", "--top-heads", "1"]
+
+
+def _report(passed: bool) -> VerifyReport:
+    return VerifyReport(
+        source="smollm2",
+        reference="transformers loading the GGUF directly [test]",
+        n_prompts=4,
+        n_positions=40,
+        max_abs_dlogprob=4e-5 if passed else 3e-2,
+        mean_kl=1e-9,
+        max_kl=1e-8,
+        top1_agreement=1.0 if passed else 0.95,
+        generations=(GenerationPair("p", " Paris", " Paris"),),
+        tolerance=1e-4,
+        seconds=0.0,
+    )
+
+
+def test_cli_fails_after_writing_the_report_when_verification_fails(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # The real check (~25 s) runs in test_smollm2_load.py; here it returns a failing report.
+    monkeypatch.setattr(verify_module, "verify", lambda loaded: _report(passed=False))
+    out = tmp_path / "r.html"
+    assert main(["explain", "smollm2", NURSE, "--verify", *CHEAP, "--out", str(out)]) == 1
+    printed = " ".join(capsys.readouterr().out.split())
+    assert out.is_file() and f"Report: {out}" in printed
+    assert "Verification FAIL: hooked model vs transformers loading the GGUF directly [test]" in printed
+    assert "max |Δ log-prob| 3.00e-02 (tolerance 1e-04)" in printed
+    assert "The report was written, but the hooked model disagrees with its reference" in printed
+    assert "FAIL: hooked model" in out.read_text()  # the report's fidelity section
+
+
+def test_chat_explain_shows_the_templated_text(smollm2, tmp_path: Path) -> None:
+    settings = ExplainSettings(chat=True, max_new_tokens=1, detectors=(), top_heads=1, ig_steps=8)
+    explanation = explain(smollm2, "Who was tired?", settings=settings)
+    summary = explanation.to_dict()
+    assert summary["prompt"] == "Who was tired?"
+    assert "<|im_start|>user\nWho was tired?<|im_end|>\n<|im_start|>assistant\n" in summary["model_text"]
+    html = explanation.save(tmp_path / "chat.html").read_text()
+    assert "with the model&#x27;s chat template applied" in html
+    assert "&lt;|im_start|&gt;user\nWho was tired?&lt;|im_end|&gt;" in html
+    assert summary["manifest"]["settings"]["chat"] is True
+
+
+def test_cli_writes_report_and_summary(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(verify_module, "verify", lambda loaded: _report(passed=True))
     out, summary = tmp_path / "r.html", tmp_path / "s.json"
     code = main(
         [
@@ -141,6 +197,7 @@ def test_cli_writes_report_and_summary(tmp_path: Path, capsys) -> None:
             "--max-new-tokens",
             "3",
             "--no-detectors",
+            "--verify",
             "--out",
             str(out),
             "--json",
@@ -151,4 +208,8 @@ def test_cli_writes_report_and_summary(tmp_path: Path, capsys) -> None:
     assert code == 0 and out.is_file()
     data = json.loads(summary.read_text())
     assert data["explained"]["contrast"] == "' he'" and data["completion"].startswith(" she")
+    assert data["verification"]["passed"] is True
     assert "Report:" in printed and "completeness error" in printed
+    assert " ".join(f"{NURSE}{data['completion']}".split()) in printed  # the completion
+    assert re.search(r"Alternatives at token 0: ' she' 0\.5\d\d, ' of' 0\.1\d\d, ' he' 0\.0\d\d", printed)
+    assert "Verification PASS: hooked model vs transformers loading the GGUF directly [test]" in printed

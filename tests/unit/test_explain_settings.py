@@ -1,5 +1,6 @@
 import importlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,53 @@ def test_detector_cache_key_follows_a_plugins_own_source(tmp_path: Path, monkeyp
     assert key == manifest._key("abc", ["echo"], 8, 0, registry)
     plugin.write_text(plugin.read_text() + "# version 2\n")
     assert key != manifest._key("abc", ["echo"], 8, 0, registry)
+
+
+@pytest.mark.parametrize(
+    ("target", "contrast", "note"),
+    [
+        (" she", " he", r"^Both tokens were chosen by the user \(--target and --contrast\)\.$"),
+        (
+            " she",
+            None,
+            r"^The explained token was chosen by the user \(--target\); the contrast is the token",
+        ),
+        (
+            None,
+            " he",
+            r"^The contrast token was chosen by the user \(--contrast\); the explained token is the one",
+        ),
+        (None, None, r"^Both tokens come from the model: the token it generated and the runner-up"),
+    ],
+    ids=["both", "target-only", "contrast-only", "neither"],
+)
+def test_report_says_who_chose_the_tokens(target: str | None, contrast: str | None, note: str) -> None:
+    from mechlab.render.report import token_choice_note
+
+    assert re.search(note, token_choice_note(target, contrast))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["  \n"], "The prompt is empty: give the text the model should continue"),
+        (["text", "--out", "/nonexistent-dir/r.html"], "directory /nonexistent-dir does not exist"),
+        (["text", "--json", "/nonexistent-dir/s.json"], "directory /nonexistent-dir does not exist"),
+        (["text", "--ig-steps", "2"], r"ExplainSettings\.ig_steps=2 is out of range"),
+    ],
+    ids=["empty-prompt", "out", "json", "settings"],
+)
+def test_explain_refuses_cheap_mistakes_before_loading_the_model(
+    args: list[str], message: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import mechlab.cli_report
+    from mechlab.cli import main
+
+    def load(*_: object) -> None:
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(mechlab.cli_report, "load", load)
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "smollm2", *args]) == 2
+    assert re.search(message, " ".join(capsys.readouterr().err.split()))
+    assert list(tmp_path.iterdir()) == []

@@ -1,12 +1,16 @@
 """The offline page builder: escaping, one embedded bundle, no remote sources, stable ids."""
 
+import errno
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 from matplotlib.figure import Figure
 
+from mechlab.render.html import atomic_write
 from mechlab.render.page import Page, circuitsvis_bundle, script_json
 from mechlab.render.tokens import colored_tokens
 
@@ -71,15 +75,53 @@ def test_pages_without_widgets_carry_no_javascript() -> None:
     assert "<script" not in page.render()
 
 
-def test_figures_become_data_uris_and_save_is_atomic(tmp_path: Path) -> None:
+def _figure_page() -> Page:
     fig = Figure()
     fig.add_subplot().plot([0, 1], [1, 0])
     page = Page("Fig", id_prefix="f")
     page.section("A figure").figure(fig, alt="a line")
-    path = page.save(tmp_path / "page.html")
-    text = path.read_text()
+    return page
+
+
+def test_figures_become_data_uris(tmp_path: Path) -> None:
+    text = _figure_page().save(tmp_path / "page.html").read_text()
     assert 'src="data:image/png;base64,' in text
+
+
+def test_a_write_that_fails_mid_way_keeps_the_old_file(tmp_path: Path, disk_full_mid_write: None) -> None:
+    old = tmp_path / "page.html"
+    old.write_text("the previous report")
+    with pytest.raises(OSError, match="No space left on device"):
+        _figure_page().save(old)
+    assert old.read_text() == "the previous report"
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]  # no temporary file left
+
+
+def test_a_failed_rename_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = tmp_path / "page.html"
+    old.write_text("the previous report")
+
+    def refuse(src: object, dst: object) -> None:
+        assert Path(str(src)).read_text().startswith("<!DOCTYPE html>")  # the new page, complete
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        _figure_page().save(old)
+    assert old.read_text() == "the previous report"
     assert [p.name for p in tmp_path.iterdir()] == ["page.html"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_written_files_get_the_permissions_of_a_plain_write(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        path = atomic_write(tmp_path / "out.json", "{}")
+        plain = tmp_path / "plain.json"
+        plain.write_text("{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
 
 
 def test_bad_widget_and_prefix_are_rejected() -> None:
