@@ -61,7 +61,8 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
         raise InputError(f"Cannot write {path}: {error.strerror}. Choose a writable location.") from error
     try:
         with os.fdopen(handle, "wb") as out:
-            os.fchmod(out.fileno(), _default_mode())
+            if hasattr(os, "fchmod"):  # POSIX (Windows only from Python 3.13)
+                os.fchmod(out.fileno(), _default_mode())
             out.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:

@@ -111,7 +111,11 @@ def _heads_section(page: Page, ex: Any) -> None:
         caption="Heads that matter most for the explained token",
     )
     section.figure(
-        ex.atp.plot(effect=True, title="Attribution-patching estimate of each head's knock-out effect"),
+        ex.atp.plot(
+            effect=True,
+            title="Attribution-patching estimate of each head's knock-out effect",
+            label="drop in logit({}) − logit({})".format(*ex.target_names),
+        ),
         alt="attribution patching estimates per head",
     )
 
