@@ -29,6 +29,7 @@ import mechlab
 
 CLEAN = "When Mary and John went to the store after work on Friday, John gave a bottle of milk to"
 CORRUPTED = "When Mary and John went to the store after work on Friday, Tom gave a bottle of milk to"
+MAX_RATIO, MAX_DIFF, MIN_ATP_R = 0.25, 1e-4, 0.9  # the targets: time ratio, agreement, AtP r
 KINDS = ["z", "attn_out", "v", "q", "k", "mlp_out", "resid_pre", "resid_mid"]
 
 
@@ -77,8 +78,9 @@ def main() -> None:
     print(f"transformer_lens.patching   {t_tl:7.2f} s")
     runs = f"runs: {t_before:.2f} s, {t_after:.2f} s; {ours.mode} mode"
     print(f"mechlab.patch               {t_ours:7.2f} s  ({runs})")
-    print(f"ratio mechlab / TL          {ratio:7.3f}   target ≤ 0.25: {verdict(ratio <= 0.25)}")
-    print(f"max |Δ| vs TL               {max_diff:.2e}  target ≤ 1e-4: {verdict(max_diff <= 1e-4)}")
+    missed = []
+    missed += check("ratio mechlab / TL", f"{ratio:7.3f}", ratio, "≤", MAX_RATIO)
+    missed += check("max |Δ| vs TL", f"{max_diff:.2e}", max_diff, "≤", MAX_DIFF)
     print(f"baselines: clean {ours.clean_mean:.4f}, corrupted {ours.corrupted_mean:.4f}")
     print("top heads (normalized effect): " + ", ".join(f"{e.label} {e.effect:.2f}" for e in ours.top(6)))
 
@@ -86,17 +88,18 @@ def main() -> None:
     r = mechlab.agreement(atp, ours)["z"]
     print("\n== Attribution patching (AtP), all head outputs ==")
     print(f"AtP {t_atp:.2f} s; activation patching {t_ours:.2f} s; ratio {t_atp / t_ours:.3f}")
-    print(f"Pearson r (head outputs)    {r:7.3f}   target ≥ 0.9: {verdict(r >= 0.9)}")
-    targets = {"speed": ratio <= 0.25, "agreement": max_diff <= 1e-4, "AtP r": r >= 0.9}
-    missed = [name for name, ok in targets.items() if not ok]
+    missed += check("Pearson r (head outputs)", f"{r:7.3f}", r, "≥", MIN_ATP_R)
     if not args.skip_kinds:
         per_kind_table(model, clean, corrupted, metric)
     if missed:
         raise SystemExit(f"targets missed: {', '.join(missed)}")
 
 
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
+def check(name: str, shown: str, value: float, relation: str, target: float) -> list[str]:
+    """Print one measured value against its target; ``[name]`` if the target is missed."""
+    ok = value <= target if relation == "≤" else value >= target
+    print(f"{name:<27} {shown}   target {relation} {target:g}: {'met' if ok else 'MISSED'}")
+    return [] if ok else [name]
 
 
 def per_kind_table(model: Any, clean: Any, corrupted: Any, metric: Any) -> None:

@@ -224,10 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         config = mechlab.ToyTrainConfig(seed=args.seed)
 
         def report(step: mechlab.TrainStep) -> None:
-            if step.step % 100 == 0 or step.step == config.steps:
-                print(f"step {step.step}/{config.steps}  loss {step.loss:.3f}  {step.seconds:.0f} s")
+            print(f"step {step.step}/{config.steps}  loss {step.loss:.3f}  {step.seconds:.0f} s")
 
-        trained = mechlab.train_induction_toy(config, progress=report)
+        trained = mechlab.train_induction_toy(config, progress=report, log_every=100)
         directory = trained.save(args.out / "toy-model")
         print(
             f"trained a toy model in {trained.seconds:.0f} s (loss {trained.final_loss:.3f}): toy:{directory}"

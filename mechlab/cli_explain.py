@@ -81,7 +81,7 @@ def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
             f"{result.value - (result.baseline_value or 0.0):+.4f})"
         )
     if args.html:
-        console.print(f"Wrote {result.save_html(args.html)}")
+        console.print(f"Wrote {escape(str(result.save_html(args.html)))}")
     return 0
 
 
@@ -120,7 +120,7 @@ def cmd_lens(args: argparse.Namespace, console: Console) -> int:
     console.print(f"Layers contributing |≥ 0.5|: {layers or '-'}")
     if args.html:
         page = lens.page(f"Logit lens and DLA: {args.prompt}")
-        console.print(f"Wrote {dla.add_to(page).save(args.html)}")
+        console.print(f"Wrote {escape(str(dla.add_to(page).save(args.html)))}")
     return 0
 
 
@@ -154,7 +154,7 @@ def cmd_probe(args: argparse.Namespace, console: Console) -> int:
         "texts."
     )
     if args.html:
-        console.print(f"Wrote {result.page().save(args.html)}")
+        console.print(f"Wrote {escape(str(result.page().save(args.html)))}")
     return 0
 
 
@@ -166,8 +166,8 @@ def cmd_attention(args: argparse.Namespace, console: Console) -> int:
     view = attention_view(model, args.prompt, layers=args.layers or None, heads=args.heads or None)
     console.print(f"{len(view.heads)} heads on {len(view.str_tokens)} tokens")
     if args.png:
-        console.print(f"Wrote {view.save_png(args.png)}")
-    console.print(f"Wrote {view.save(args.html)}")
+        console.print(f"Wrote {escape(str(view.save_png(args.png)))}")
+    console.print(f"Wrote {escape(str(view.save(args.html)))}")
     return 0
 
 

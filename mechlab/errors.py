@@ -88,10 +88,10 @@ MSG_PATH_MISSING = (
 
 MSG_HUB_OFFLINE = (
     "{label} is not a local path, so mechlab looked for it in the local Hugging Face cache and did not "
-    "find it; offline mode is on (HF_HUB_OFFLINE=1), so the Hub was not asked.\n"
+    "find it; offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set), so the Hub was not asked.\n"
     "Load a local copy instead: download it where you have network access (`hf download {name} "
     "--local-dir DIR`), copy DIR here and pass DIR, or pass the path of a GGUF file you already run "
-    "with llama.cpp or Ollama. Unset HF_HUB_OFFLINE to let mechlab download it."
+    "with llama.cpp or Ollama. Unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE to let mechlab download it."
 )
 
 MSG_HUB_UNREACHABLE = (

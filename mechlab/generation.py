@@ -68,7 +68,7 @@ def require_tokenizer(model: HookedModel) -> Any:
 EMPTY_PROMPT = "The prompt is empty: give the text the model should continue."
 
 
-def check_prompt(prompt: str) -> str:
+def check_prompt(prompt: str) -> None:
     """The checks on a prompt that need no model: it must hold more than whitespace.
 
     Raises:
@@ -76,7 +76,6 @@ def check_prompt(prompt: str) -> str:
     """
     if not prompt or not prompt.strip():
         raise InputError(EMPTY_PROMPT)
-    return prompt
 
 
 def encode_prompt(model: HookedModel, prompt: str, *, chat: bool = False) -> tuple[str, Tokens]:

@@ -141,7 +141,6 @@ def hub_error(name: str, error: BaseException, *, requested: str | None = None) 
     transformers re-raises huggingface_hub's exceptions as ``OSError`` chained to the original, so
     the chain (``__cause__``, then ``__context__``) is searched for the first class that decides.
     """
-    import httpx
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -152,7 +151,10 @@ def hub_error(name: str, error: BaseException, *, requested: str | None = None) 
 
     label = repr(name) if requested in (None, name) else f"{requested!r} (TransformerLens' name for {name!r})"
     causes = list(_chain(error))
-    root = f"{type(causes[-1]).__name__}: {causes[-1]}"
+    root_cause = error
+    while root_cause.__cause__ is not None:
+        root_cause = root_cause.__cause__
+    root = f"{type(root_cause).__name__}: {root_cause}"
     for cause in causes:
         if isinstance(cause, GatedRepoError):
             return HubGatedModelError(MSG_HUB_GATED.format(label=label, name=name))
@@ -160,8 +162,8 @@ def hub_error(name: str, error: BaseException, *, requested: str | None = None) 
             return HubModelNotFoundError(MSG_HUB_NOT_FOUND.format(label=label, name=name))
         if isinstance(cause, LocalEntryNotFoundError | OfflineModeIsEnabled) and constants.is_offline_mode():
             return HubUnreachableError(MSG_HUB_OFFLINE.format(label=label, name=name))
-        unreachable = (LocalEntryNotFoundError, ConnectionError, httpx.NetworkError, httpx.TimeoutException)
-        if isinstance(cause, unreachable):
+        # huggingface_hub raises LocalEntryNotFoundError when it cannot reach the Hub and has no copy.
+        if isinstance(cause, LocalEntryNotFoundError | ConnectionError | TimeoutError):
             return HubUnreachableError(MSG_HUB_UNREACHABLE.format(label=label, name=name, error=root))
     return ModelNotFoundError(MSG_HUB_FAILED.format(label=label, error=error))
 

@@ -199,11 +199,11 @@ def _load_gguf(
     say("loading converted weights" if was_cached else "loading the new converted copy")
     try:
         hf_model, tokenizer = hf.load_dir(converted, dtype=torch.float32)
-        model = wrap_hf_model(hf_model, tokenizer, device=device, dtype=dtype, prepend_bos=header.add_bos)
     except Exception:
-        if not was_cached:  # a copy that cannot be loaded must not turn later loads into cache hits
+        if not was_cached:  # transformers cannot read the copy it just wrote: later loads must not reuse it
             gguf.discard_converted(converted)
         raise
+    model = wrap_hf_model(hf_model, tokenizer, device=device, dtype=dtype, prepend_bos=header.add_bos)
     info = _info_from(
         model,
         source=source,

@@ -6,6 +6,7 @@ atomically (temporary file + rename), so a failed write leaves no partial file b
 
 import html
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,9 +45,9 @@ def _default_mode() -> int:
 def atomic_write(path: Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
 
-    The file gets the permissions a plain write would give it (``0o666`` minus the umask;
-    ``mkstemp`` alone would leave it readable by its owner only). An existing file at ``path`` is
-    replaced only once the new content is complete.
+    The file gets the permissions a plain write would give it: an existing file's own mode, else
+    ``0o666`` minus the umask (``mkstemp`` alone would leave it readable by its owner only). An
+    existing file at ``path`` is replaced only once the new content is complete.
 
     Raises:
         InputError: the directory does not exist or is not writable (nothing is left behind).
@@ -62,7 +63,8 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     try:
         with os.fdopen(handle, "wb") as out:
             if hasattr(os, "fchmod"):  # POSIX (Windows only from Python 3.13)
-                os.fchmod(out.fileno(), _default_mode())
+                mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else _default_mode()
+                os.fchmod(out.fileno(), mode)
             out.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:

@@ -68,7 +68,7 @@ def test_one_token_short_of_the_context_generates_exactly_one_token(char_model: 
 
 
 def test_empty_prompts_are_refused_without_a_model() -> None:
-    assert check_prompt(" x ") == " x "
+    check_prompt(" x ")  # text with spaces around it is a prompt
     for prompt in ("", "  \n\t"):
         with pytest.raises(InputError, match="The prompt is empty: give the text the model should continue"):
             check_prompt(prompt)

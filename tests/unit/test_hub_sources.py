@@ -5,7 +5,7 @@ that transformers calls and wraps exactly as it wraps the real one)."""
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import httpx2  # huggingface_hub 2.x builds its HTTP errors from httpx2 responses
 import pytest
 from huggingface_hub import constants
 from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -31,7 +31,7 @@ def hub_download_raising(make_error: Callable[[str], Exception]) -> Callable[...
 def http_error(kind: type[RepositoryNotFoundError], repo_id: str) -> RepositoryNotFoundError:
     url = f"https://huggingface.co/{repo_id}/resolve/main/config.json"
     status = 401 if kind is RepositoryNotFoundError else 403
-    response = httpx.Response(status, request=httpx.Request("GET", url))
+    response = httpx2.Response(status, request=httpx2.Request("GET", url))
     return kind(f"{status} Client Error for url {url}", response=response)
 
 
@@ -59,14 +59,16 @@ def test_offline_alias_names_the_alias_and_the_hub_name(empty_hf_cache: None) ->
     with pytest.raises(
         HubUnreachableError,
         match=r"(?s)^'gpt2-small' \(TransformerLens' name for 'gpt2'\) is not a local path.*"
-        r"offline mode is on \(HF_HUB_OFFLINE=1\).*hf download gpt2 --local-dir DIR.*GGUF file",
+        r"offline mode is on \(HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set\).*"
+        r"hf download gpt2 --local-dir DIR.*GGUF file",
     ):
         mechlab.load_model("gpt2-small")
 
 
 def test_offline_hub_name_says_so_and_suggests_a_path(empty_hf_cache: None) -> None:
     with pytest.raises(
-        HubUnreachableError, match=r"(?s)^'some-org/not-cached' is not a local path.*local-dir"
+        HubUnreachableError,
+        match=r"(?s)^'some-org/not-cached' is not a local path.*offline mode is on.*local-dir",
     ):
         mechlab.load_model("hf:some-org/not-cached")
 
@@ -74,14 +76,14 @@ def test_offline_hub_name_says_so_and_suggests_a_path(empty_hf_cache: None) -> N
 def test_unreachable_hub_says_so_and_names_the_cause(online, empty_hf_cache: None) -> None:
     def no_connection(repo_id: str) -> Exception:
         error = LocalEntryNotFoundError("cannot find the requested files in the local cache")
-        error.__cause__ = httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+        error.__cause__ = ConnectionError("[Errno -3] Temporary failure in name resolution")
         return error
 
     online(no_connection)
     with pytest.raises(
         HubUnreachableError,
         match=r"(?s)asked the Hugging Face Hub for it, and the Hub could not be reached.*"
-        r"Underlying error: ConnectError: \[Errno -3\] Temporary failure",
+        r"Underlying error: ConnectionError: \[Errno -3\] Temporary failure",
     ):
         mechlab.load_model("some-org/some-model")
 

@@ -157,3 +157,10 @@ def test_dollar_tokens_are_drawn_not_parsed_as_mathtext() -> None:
     view = AttentionView(torch.tensor([[1, 2, 3]]), tokens, ((0, 0),), pattern[None])
     html = attribution.page().render(prefix="d") + view.page().render(prefix="v")
     assert html.count("data:image/png;base64,") == 2 and "$$" in html
+
+
+def test_rewriting_a_file_keeps_its_permissions(tmp_path: Path) -> None:
+    path = atomic_write(tmp_path / "private.html", "v1")
+    path.chmod(0o600)
+    atomic_write(path, "v2")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "v2"
