@@ -19,6 +19,7 @@ import torch
 
 import mechlab
 from mechlab.toy import cached_induction_toy
+from tests.tiny_llama import save_tiny_llama
 
 # The fixed-layout control reaches its verdicts (positional layer-0 heads, no previous-token head)
 # by 100 steps; 200 gave the same verdicts.
@@ -90,23 +91,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> mechlab.LoadedModel:
     """A seeded 2-layer Llama (4 heads, 2 key/value heads, vocab 50) loaded from a Hugging Face
     directory. Unlike the TransformerLens-native toys, its blocks keep a key/value cache, so
     patching can run in "prefix" mode on it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        initializer_range=0.1,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(directory)
+    directory = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), vocab_size=50, initializer_range=0.1)
     return mechlab.load_model(str(directory))
 
 

@@ -10,6 +10,7 @@ import torch
 
 import mechlab
 from mechlab import cli
+from tests.tiny_llama import save_tiny_llama
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 
@@ -65,22 +66,12 @@ def test_verify_command_passes_on_smollm2(capsys: pytest.CaptureFixture[str]) ->
 def tiny_llama_dir(tmp_path: Path, smollm2: mechlab.LoadedModel) -> Path:
     """A seeded 1-layer Llama with SmolLM2's tokenizer, saved as a Hugging Face directory: verify
     on it takes a second, where a second SmolLM2 reference would take ~25 s."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
+    directory = save_tiny_llama(
+        tmp_path / "tiny-llama",
         vocab_size=smollm2.info.d_vocab,
-        hidden_size=32,
-        intermediate_size=64,
         num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=128,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    directory = tmp_path / "tiny-llama"
-    model.save_pretrained(directory)
     converted = Path(smollm2.info.converted_cache or "")
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (converted / name).is_file():
