@@ -150,12 +150,7 @@ def hub_error(name: str, error: BaseException, *, requested: str | None = None) 
     )
 
     label = repr(name) if requested in (None, name) else f"{requested!r} (TransformerLens' name for {name!r})"
-    causes = list(_chain(error))
-    root_cause = error
-    while root_cause.__cause__ is not None:
-        root_cause = root_cause.__cause__
-    root = f"{type(root_cause).__name__}: {root_cause}"
-    for cause in causes:
+    for cause in _chain(error):
         if isinstance(cause, GatedRepoError):
             return HubGatedModelError(MSG_HUB_GATED.format(label=label, name=name))
         if isinstance(cause, RepositoryNotFoundError):
@@ -164,18 +159,21 @@ def hub_error(name: str, error: BaseException, *, requested: str | None = None) 
             return HubUnreachableError(MSG_HUB_OFFLINE.format(label=label, name=name))
         # huggingface_hub raises LocalEntryNotFoundError when it cannot reach the Hub and has no copy.
         if isinstance(cause, LocalEntryNotFoundError | ConnectionError | TimeoutError):
-            return HubUnreachableError(MSG_HUB_UNREACHABLE.format(label=label, name=name, error=root))
+            *_, root = _chain(error, context=False)
+            cause_text = f"{type(root).__name__}: {root}"
+            return HubUnreachableError(MSG_HUB_UNREACHABLE.format(label=label, name=name, error=cause_text))
     return ModelNotFoundError(MSG_HUB_FAILED.format(label=label, error=error))
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and the exceptions it was raised from or during, outermost first."""
+def _chain(error: BaseException, *, context: bool = True) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from (and, with ``context``, raised during),
+    outermost first."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (current.__context__ if context else None)
 
 
 def storage_dtypes(path: Path) -> dict[str, int]:
