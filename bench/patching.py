@@ -7,7 +7,7 @@ last position), in the same process:
 1. ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` over all 270 heads (plus the
    clean ``run_with_cache`` it needs) versus ``mechlab.patch(..., "z", ...)`` (which runs both
    baselines itself); checks that they agree to max |Δ| ≤ 1e-4 and prints the time ratio
-   (target ≤ 0.25).
+   (target ≤ 0.25) and the mode it ran in (``prefix`` expected: a GGUF model keeps a key/value cache).
 2. ``mechlab.attribution_patch`` for all heads versus activation patching: time ratio and Pearson r
    (target r ≥ 0.9), plus AtP's agreement for every other component kind.
 
@@ -78,7 +78,9 @@ def main() -> None:
     print(f"transformer_lens.patching   {t_tl:7.2f} s")
     runs = f"runs: {t_before:.2f} s, {t_after:.2f} s; {ours.mode} mode"
     print(f"mechlab.patch               {t_ours:7.2f} s  ({runs})")
-    missed = []
+    prefix = ours.mode == "prefix"
+    print(f"mode                        {ours.mode}   expected prefix: {'met' if prefix else 'MISSED'}")
+    missed = [] if prefix else ["prefix mode"]
     missed += check("ratio mechlab / TL", f"{ratio:7.3f}", ratio, "≤", MAX_RATIO)
     missed += check("max |Δ| vs TL", f"{max_diff:.2e}", max_diff, "≤", MAX_DIFF)
     print(f"baselines: clean {ours.clean_mean:.4f}, corrupted {ours.corrupted_mean:.4f}")

@@ -2,11 +2,16 @@
 the top alternatives the model weighed at that step."""
 
 import dataclasses
+import warnings
+from collections.abc import Collection
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from mechlab.errors import InputError
+from mechlab.models import kv_cache
 from mechlab.types import HookedModel, Tokens
 
 
@@ -106,7 +111,100 @@ def encode_prompt(model: HookedModel, prompt: str, *, chat: bool = False) -> tup
     return text, tokens
 
 
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """What the decoding loop produced: new token ids and the logits each was chosen from.
+
+    Attributes:
+        token_ids: the generated ids, in order (the end-of-sequence token included when it came).
+        logits: ``[d_vocab]`` logits of each step, before temperature.
+        cached: whether the steps ran against a key/value cache (``False``: full recompute).
+    """
+
+    token_ids: tuple[int, ...]
+    logits: tuple[Float[Tensor, " d_vocab"], ...]
+    cached: bool
+
+
+MSG_CACHE_BROKEN = (
+    "This model's key/value cache does not reproduce a full forward pass (a cached step differed "
+    "from recomputing the whole sequence), so mechlab generates without it: the tokens are right, "
+    "generation is slower. This usually means an incompatible transformers / TransformerLens pair; "
+    "install the versions in constraints.txt."
+)
+
+
+def _choose(logits: Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
 @torch.no_grad()
+def decode(
+    model: HookedModel,
+    tokens: Tokens,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int | None = 0,
+    stop_ids: Collection[int] = (),
+    use_cache: bool = True,
+) -> Decoded:
+    """mechlab's decoding loop: greedy (``temperature`` 0) or sampled, through the hooked model.
+
+    The prompt runs once, then each new token runs alone against a key/value cache (hooks attached
+    to the model fire at every step). The first cached step of a model is checked against a full
+    recompute of the sequence; if they differ the model is marked and decoding recomputes the whole
+    sequence every step, with a ``RuntimeWarning`` (``mechlab.models.kv_cache``).
+
+    Args:
+        model: the hooked model.
+        tokens: ``[1, pos]`` prompt ids.
+        max_new_tokens: at most this many steps.
+        temperature: 0 for greedy decoding; > 0 samples with this temperature.
+        seed: seeds sampling (a private generator: the global RNG is untouched).
+        stop_ids: stop after generating one of these (it is included).
+        use_cache: ``False`` recomputes the whole sequence at every step.
+    """
+    generator = None
+    if temperature > 0 and seed is not None:
+        generator = torch.Generator(device=tokens.device).manual_seed(seed)
+    cache = kv_cache.new_cache(model) if use_cache else None
+    if cache is not None and kv_cache.verdict(model) is False:
+        cache = None
+    context = tokens
+    logits = kv_cache.run(model, context, cache)[0, -1]
+    ids: list[int] = []
+    chosen_from: list[Tensor] = []
+    for step in range(max_new_tokens):
+        token = _choose(logits, temperature, generator)
+        ids.append(token)
+        chosen_from.append(logits)
+        if token in stop_ids or step == max_new_tokens - 1:
+            break
+        context = torch.cat([context, context.new_tensor([[token]])], dim=1)
+        if cache is None:
+            logits = model(context)[0, -1]  # type: ignore[operator]
+            continue
+        logits = kv_cache.run(model, context[:, -1:], cache)[0, -1]
+        if kv_cache.verdict(model) is None:
+            full = model(context)[0, -1]  # type: ignore[operator]
+            works = kv_cache.cached_length(cache) == context.shape[-1] and kv_cache.agrees(logits, full)
+            kv_cache.record(model, works)
+            if not works:
+                warnings.warn(MSG_CACHE_BROKEN, RuntimeWarning, stacklevel=3)
+                cache, logits = None, full
+    return Decoded(tuple(ids), tuple(chosen_from), cached=cache is not None)
+
+
+def stop_ids(model: HookedModel) -> frozenset[int]:
+    """The ids that end a generation: the tokenizer's end-of-sequence token, if it has one."""
+    eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
+    return frozenset() if eos is None else frozenset({int(eos)})
+
+
 def generate(
     model: HookedModel,
     prompt: str,
@@ -125,7 +223,7 @@ def generate(
         chat: wrap the prompt in the model's chat template as a user message.
         max_new_tokens: at most this many new tokens (stops early at end-of-sequence).
         temperature: 0 for greedy decoding; > 0 samples with this temperature.
-        seed: seeds sampling (ignored when greedy).
+        seed: seeds sampling (ignored when greedy); the same seed gives the same completion.
         top_k: how many alternatives to record per step.
 
     Raises:
@@ -143,22 +241,17 @@ def generate(
             f"{n_ctx - 1} tokens."
         )
     tokenizer = require_tokenizer(model)
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        out = model.generate(
-            tokens,
-            max_new_tokens=min(max_new_tokens, n_ctx - n_prompt),
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else 1.0,
-            output_logits=True,
-            return_type="tokens",
-            verbose=False,
-        )
-    new_ids = out.sequences[0, tokens.shape[-1] :].tolist()
+    out = decode(
+        model,
+        tokens,
+        max_new_tokens=min(max_new_tokens, n_ctx - n_prompt),
+        temperature=temperature,
+        seed=seed,
+        stop_ids=stop_ids(model),
+    )
     steps = []
-    for token_id, logits in zip(new_ids, out.logits, strict=False):
-        probs = torch.softmax(logits[0].float(), dim=-1)
+    for token_id, logits in zip(out.token_ids, out.logits, strict=True):
+        probs = torch.softmax(logits.float(), dim=-1)
         top = torch.topk(probs, top_k)
         alternatives = tuple(
             Alternative(int(i), tokenizer.decode([int(i)]), float(p))
@@ -173,7 +266,7 @@ def generate(
         chat=chat,
         prompt_tokens=tokens,
         steps=tuple(steps),
-        text=tokenizer.decode(new_ids, skip_special_tokens=True),
+        text=tokenizer.decode(list(out.token_ids), skip_special_tokens=True),
         seed=seed if temperature > 0 else None,
         temperature=temperature,
     )

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from mechlab.capture import Activations, capture
 from mechlab.interventions.hooks import hooked, recorder
+from mechlab.models import kv_cache
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens
 
@@ -48,6 +49,8 @@ Mode = Literal["prefix", "resume", "full"]
 # The strategies a Runner may use, fastest first (tests narrow this to compare them).
 STRATEGIES: tuple[Mode, ...] = ("prefix", "resume", "full")
 TOLERANCE = 1e-4
+# The names under which a block receives the key/value cache (transformers < 5.24, ≥ 5.24).
+CACHE_KEYWORDS = frozenset({"past_key_values", "cache"})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -205,14 +208,11 @@ class Runner:
         """The prefix strategy, or ``None`` where it does not apply or the model keeps no cache."""
         if self.positions is None or not 0 < prefix <= min(self.positions):
             return None
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        try:
-            with torch.no_grad():
-                self.model(self.tokens[:, :prefix], past_key_values=cache)
-        except TypeError:  # a forward that takes no key/value cache
+        cache = kv_cache.new_cache(self.model)
+        if cache is None:  # TransformerLens-native models keep no key/value cache
             return None
+        with torch.no_grad():
+            kv_cache.run(self.model, self.tokens[:, :prefix], cache)
         kv = tuple((lk.keys.clone(), lk.values.clone()) for lk in getattr(cache, "layers", []))
         if len(kv) != len(_blocks(self.model) or []):
             return None  # the blocks ignored the cache (TransformerLens-native models keep none)
@@ -221,7 +221,7 @@ class Runner:
         record = recorder(kept)
         suffix = [(Site("resid_pre", layer), record) for layer in layers]
         with torch.no_grad(), recording_block_calls(self.model) as calls, hooked(self.model, suffix):
-            self.model(self.tokens[:, prefix:], past_key_values=partial.cache(1))
+            kv_cache.run(self.model, self.tokens[:, prefix:], partial.cache(1))
         resid = {layer: kept[Site("resid_pre", layer)] for layer in layers}
         return dataclasses.replace(partial, resid=resid, calls=dict(calls))
 
@@ -249,8 +249,8 @@ class Runner:
         for layer in range(start, len(blocks) if stop is None else stop):
             args, kwargs = strategy.calls[layer]
             kwargs = {k: _tile(v, self.batch, times) for k, v in kwargs.items()}
-            if "past_key_values" in kwargs:
-                kwargs["past_key_values"] = kv
+            for name in CACHE_KEYWORDS & kwargs.keys():
+                kwargs[name] = kv
             if "use_cache" in kwargs:
                 kwargs["use_cache"] = kv is not None
             out = blocks[layer](resid, *[_tile(a, self.batch, times) for a in args], **kwargs)
@@ -261,7 +261,7 @@ class Runner:
         """Logits at ``positions`` of ``times`` stacked copies, run from the tokens."""
         tokens = self.tokens[:, strategy.offset :].repeat(times, 1)
         if strategy.mode == "prefix":
-            out = self.model(tokens, past_key_values=strategy.cache(times))
+            out = kv_cache.run(self.model, tokens, strategy.cache(times))
             return out[:, [p - strategy.offset for p in self.positions or []]]
         out = self.model(tokens)
         return out if self.positions is None else out[:, self.positions]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from mechlab import generation
 from mechlab.errors import InputError
 from mechlab.models.gguf import strip_quantization
 from mechlab.models.hf import quiet_transformers
@@ -134,9 +135,9 @@ def compare(
         dlogprob.append((hooked - ref).abs().amax().item())
         kls.append((ref.exp() * (ref - hooked)).sum(-1))
         top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
-        ours = model.generate(
-            tokens, max_new_tokens=max_new_tokens, do_sample=False, return_type="tokens", verbose=False
-        )
+        ours = generation.decode(
+            model, tokens, max_new_tokens=max_new_tokens, stop_ids=generation.stop_ids(model)
+        ).token_ids
         theirs = reference.generate(
             tokens.cpu(),
             attention_mask=torch.ones_like(tokens.cpu()),
@@ -148,7 +149,7 @@ def compare(
         generations.append(
             GenerationPair(
                 prompt,
-                loaded.tokenizer.decode(ours[0, n:].tolist()),
+                loaded.tokenizer.decode(list(ours)),
                 loaded.tokenizer.decode(theirs[0, n:].tolist()),
             )
         )

@@ -23,7 +23,7 @@ class _CharTokenizer:
 
 
 class _CharModel:
-    """``tiny`` with ``_CharTokenizer``: text in, the toy's own forward and ``generate``."""
+    """``tiny`` with ``_CharTokenizer`` (no end-of-sequence token): text in, the toy's own forward."""
 
     def __init__(self, model: Any) -> None:
         self._model = model
@@ -34,10 +34,6 @@ class _CharModel:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._model(*args, **kwargs)
-
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        # The toy has no tokenizer, so no end-of-sequence token to stop at.
-        return self._model.generate(*args, stop_at_eos=False, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
