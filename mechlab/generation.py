@@ -3,7 +3,7 @@ the top alternatives the model weighed at that step."""
 
 import dataclasses
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechlab.errors import InputError
-from mechlab.models import kv_cache
+from mechlab.models import kv_cache, plain
 from mechlab.types import HookedModel, Tokens
 
 
@@ -141,6 +141,20 @@ def _choose(logits: Tensor, temperature: float, generator: torch.Generator | Non
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def _stepper(model: HookedModel, use_twin: bool) -> tuple[Any, Callable[[Tokens, Any], Tensor], Any]:
+    """``(key, run, cache)`` for decoding ``model``: the plain twin while nothing is hooked (and
+    ``use_twin``), else the model.
+
+    ``key`` is what the cache verdict is kept under (``kv_cache.verdict``); ``cache`` is a fresh
+    key/value cache, or ``None`` where the model keeps none.
+    """
+    cache = kv_cache.new_cache(model)
+    twin = None if cache is None or not use_twin or plain.hooks_attached(model) else plain.twin(model)
+    if twin is not None:
+        return twin, lambda tokens, cache: plain.run(twin, tokens, cache), cache
+    return model, lambda tokens, cache: kv_cache.run(model, tokens, cache), cache
+
+
 @torch.no_grad()
 def decode(
     model: HookedModel,
@@ -151,13 +165,17 @@ def decode(
     seed: int | None = 0,
     stop_ids: Collection[int] = (),
     use_cache: bool = True,
+    through_hooks: bool = False,
 ) -> Decoded:
-    """mechlab's decoding loop: greedy (``temperature`` 0) or sampled, through the hooked model.
+    """mechlab's decoding loop: greedy (``temperature`` 0) or sampled.
 
-    The prompt runs once, then each new token runs alone against a key/value cache (hooks attached
-    to the model fire at every step). The first cached step of a model is checked against a full
-    recompute of the sequence; if they differ the model is marked and decoding recomputes the whole
-    sequence every step, with a ``RuntimeWarning`` (``mechlab.models.kv_cache``).
+    The prompt runs once, then each new token runs alone against a key/value cache. While a hook is
+    attached to the model, every step runs through the hooked model, so the hooks fire at every
+    step; while none is, the steps run on the model's plain transformers twin (``mechlab.models.plain``:
+    the same tensors without the hook points' per-call cost). The first cached step of each is checked
+    against the hooked model's full forward of the whole sequence; if they differ, it is marked and
+    decoding recomputes the whole sequence every step through the hooked model, with a
+    ``RuntimeWarning`` (``mechlab.models.kv_cache``).
 
     Args:
         model: the hooked model.
@@ -167,15 +185,17 @@ def decode(
         seed: seeds sampling (a private generator: the global RNG is untouched).
         stop_ids: stop after generating one of these (it is included).
         use_cache: ``False`` recomputes the whole sequence at every step.
+        through_hooks: run every step through the hooked model even when nothing is hooked
+            (``verify`` does, to check the hooked model's own key/value cache).
     """
     generator = None
     if temperature > 0 and seed is not None:
         generator = torch.Generator(device=tokens.device).manual_seed(seed)
-    cache = kv_cache.new_cache(model) if use_cache else None
-    if cache is not None and kv_cache.verdict(model) is False:
-        cache = None
+    key, run, cache = _stepper(model, use_twin=not through_hooks)
+    if not use_cache or kv_cache.verdict(key) is False:
+        key, run, cache = model, lambda tokens, _: model(tokens), None  # type: ignore[operator]
     context = tokens
-    logits = kv_cache.run(model, context, cache)[0, -1]
+    logits = run(context, cache)[0, -1]
     ids: list[int] = []
     chosen_from: list[Tensor] = []
     for step in range(max_new_tokens):
@@ -185,17 +205,14 @@ def decode(
         if token in stop_ids or step == max_new_tokens - 1:
             break
         context = torch.cat([context, context.new_tensor([[token]])], dim=1)
-        if cache is None:
-            logits = model(context)[0, -1]  # type: ignore[operator]
-            continue
-        logits = kv_cache.run(model, context[:, -1:], cache)[0, -1]
-        if kv_cache.verdict(model) is None:
+        logits = run(context if cache is None else context[:, -1:], cache)[0, -1]
+        if cache is not None and kv_cache.verdict(key) is None:
             full = model(context)[0, -1]  # type: ignore[operator]
             works = kv_cache.cached_length(cache) == context.shape[-1] and kv_cache.agrees(logits, full)
-            kv_cache.record(model, works)
+            kv_cache.record(key, works)
             if not works:
                 warnings.warn(MSG_CACHE_BROKEN, RuntimeWarning, stacklevel=3)
-                cache, logits = None, full
+                key, run, cache, logits = model, lambda tokens, _: model(tokens), None, full  # type: ignore[operator]
     return Decoded(tuple(ids), tuple(chosen_from), cached=cache is not None)
 
 

@@ -31,6 +31,7 @@ from mechlab.errors import (
     ModelNotFoundError,
     UnsupportedArchitectureError,
 )
+from mechlab.models import gguf_scan
 from mechlab.models.cache import atomic_dir_sibling, converted_dir, file_sha256
 from mechlab.models.hf import quiet_transformers
 
@@ -133,6 +134,7 @@ def read_header(path: Path) -> GGUFHeader:
 
     size = _check_magic(path)
     try:
+        gguf_scan.scan(path)  # every count checked against the file size before gguf-py allocates
         reader = gguf.GGUFReader(str(path))
         tensors = list(reader.tensors)
         end = max((t.data_offset + t.n_bytes for t in tensors), default=0)

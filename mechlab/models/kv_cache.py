@@ -38,8 +38,11 @@ def keyword(model: HookedModel) -> str | None:
     TransformerLens-native models (``toy:``) have no transformers model behind them and keep no cache.
     """
     hf = getattr(model, "original_model", None)
-    if hf is None:
-        return None
+    return None if hf is None else keyword_of(hf)
+
+
+def keyword_of(hf: Any) -> str | None:
+    """The name under which a transformers model's forward takes a cache (``None``: it takes none)."""
     params = inspect.signature(hf.forward).parameters
     for name in ("cache", "past_key_values"):
         if name in params:
@@ -47,7 +50,8 @@ def keyword(model: HookedModel) -> str | None:
     return None
 
 
-def _hand_cache_over(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def hand_cache_over(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook: pass a ``cache`` keyword on as ``past_key_values`` too (see the module doc)."""
     cache = kwargs.get("cache")
     if cache is not None and all(kwargs.get(name) is None for name in _ALIASES):
         kwargs = {**kwargs, "past_key_values": cache}
@@ -64,7 +68,7 @@ def enable(model: HookedModel) -> bool:
         return False
     for module in model.modules():  # type: ignore[attr-defined]
         if hasattr(module, "_update_kv_cache") and not getattr(module, "_mechlab_cache_alias", False):
-            module.register_forward_pre_hook(_hand_cache_over, with_kwargs=True)
+            module.register_forward_pre_hook(hand_cache_over, with_kwargs=True)
             module._mechlab_cache_alias = True
     return True
 
@@ -99,11 +103,12 @@ def agrees(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and float((a.float() - b.float()).abs().max()) <= TOLERANCE * scale
 
 
-def verdict(model: HookedModel) -> bool | None:
-    """Whether a cached step of ``model`` was found to reproduce a full forward (``None``: unchecked)."""
-    return _VERDICTS.get(model)
+def verdict(runner: Any) -> bool | None:
+    """Whether a cached step of ``runner`` (a hooked model, or its plain twin) was found to reproduce
+    the hooked model's full forward (``None``: unchecked)."""
+    return _VERDICTS.get(runner)
 
 
-def record(model: HookedModel, works: bool) -> None:
-    """Keep the outcome of checking ``model``'s cache for the model's lifetime."""
-    _VERDICTS[model] = works
+def record(runner: Any, works: bool) -> None:
+    """Keep the outcome of checking ``runner``'s cache for its lifetime."""
+    _VERDICTS[runner] = works

@@ -136,7 +136,11 @@ def compare(
         kls.append((ref.exp() * (ref - hooked)).sum(-1))
         top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
         ours = generation.decode(
-            model, tokens, max_new_tokens=max_new_tokens, stop_ids=generation.stop_ids(model)
+            model,
+            tokens,
+            max_new_tokens=max_new_tokens,
+            stop_ids=generation.stop_ids(model),
+            through_hooks=True,
         ).token_ids
         theirs = reference.generate(
             tokens.cpu(),

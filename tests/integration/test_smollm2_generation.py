@@ -7,7 +7,7 @@ import mechlab
 from mechlab.generation import decode, stop_ids
 from tests.unit.test_decoding import argmax_loop
 
-pytestmark = pytest.mark.smollm2
+pytestmark = [pytest.mark.smollm2, pytest.mark.drift]
 
 PROMPTS = (
     "The Eiffel Tower is located in the city of",
@@ -16,10 +16,11 @@ PROMPTS = (
 )
 
 
+@pytest.mark.parametrize("through_hooks", [True, False], ids=["hooked", "plain-twin"])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_cached_greedy_generation_equals_a_full_recompute_argmax_loop(smollm2, prompt) -> None:
+def test_cached_greedy_generation_equals_a_full_recompute_argmax_loop(smollm2, prompt, through_hooks) -> None:
     tokens = smollm2.model.to_tokens(prompt)
-    out = decode(smollm2.model, tokens, max_new_tokens=20)
+    out = decode(smollm2.model, tokens, max_new_tokens=20, through_hooks=through_hooks)
     assert out.cached
     assert list(out.token_ids) == argmax_loop(smollm2.model, tokens, 20)
 

@@ -56,6 +56,7 @@ def test_head_patching_matches_transformer_lens_on_a_few_layers(ioi) -> None:
     torch.testing.assert_close(heads.values[23], theirs, atol=1e-4, rtol=0)
 
 
+@pytest.mark.drift
 def test_prefix_sharing_gives_the_same_numbers(ioi, monkeypatch) -> None:
     model, clean, corrupted, metric, heads = ioi
     assert heads.mode == "prefix"  # the 13 shared tokens are computed once

@@ -8,7 +8,9 @@ import torch
 
 import mechlab
 from mechlab.generation import decode
-from mechlab.models import kv_cache
+from mechlab.models import kv_cache, plain
+
+pytestmark = pytest.mark.drift
 
 
 def argmax_loop(model: Any, tokens: torch.Tensor, steps: int) -> list[int]:
@@ -76,10 +78,39 @@ def test_a_cache_that_does_not_reproduce_a_full_forward_is_bypassed_with_a_warni
 
     model = mechlab.load_model(str(save_tiny_llama(tmp_path, vocab_size=50, initializer_range=0.1))).model
     # A cache that is never read: each step sees its own token only (what transformers 5.24 did to
-    # TransformerLens 4.3's attention before ``kv_cache.enable``).
+    # TransformerLens 4.3's attention before ``kv_cache.enable``), on the bridge and on its twin.
     monkeypatch.setattr(kv_cache, "run", lambda model, tokens, cache: model(tokens))
+    monkeypatch.setattr(plain, "run", lambda twin, tokens, cache: twin(tokens).logits)
     tokens = torch.tensor([[5, 6, 7, 8]])
     with pytest.warns(RuntimeWarning, match="key/value cache does not reproduce a full forward"):
         out = decode(model, tokens, max_new_tokens=8)
-    assert not out.cached and kv_cache.verdict(model) is False
+    assert not out.cached and kv_cache.verdict(plain.twin(model)) is False
     assert list(out.token_ids) == argmax_loop(model, tokens, 8)
+
+
+def test_the_plain_twin_holds_the_models_own_tensors_and_computes_its_logits(tiny_llama) -> None:
+    model = tiny_llama.model
+    twin = plain.twin(model)
+    assert twin is not None and plain.twin(model) is twin  # built once per model
+    own = {id(p) for p in model.original_model.parameters()}
+    assert all(id(p) in own for p in twin.parameters())  # shared, not copied
+    tokens = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(twin(tokens).logits, model(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_with_a_hook_attached_every_step_runs_through_the_hook(tiny_llama) -> None:
+    model, tokens = tiny_llama.model, torch.tensor([[2, 7, 1, 8]])
+    free = decode(model, tokens, max_new_tokens=6).token_ids
+    seen: list[int] = []
+
+    def count(resid: torch.Tensor, hook) -> None:  # type: ignore[no-untyped-def]
+        seen.append(resid.shape[1])
+
+    with model.hooks(fwd_hooks=[(mechlab.Site("resid_post", 0).hook_name, count)]):
+        assert plain.hooks_attached(model)
+        hooked = decode(model, tokens, max_new_tokens=6)
+    assert not plain.hooks_attached(model)
+    assert hooked.token_ids == free and hooked.cached
+    # The prompt, five cached single-token steps, and the full forward that checks the first of them.
+    assert seen[0] == 4 and seen.count(1) == 5
