@@ -101,5 +101,5 @@ def run(plain: Any, tokens: Tokens, cache: Any) -> torch.Tensor:
     """Logits ``[batch, pos, d_vocab]`` of the twin on ``tokens`` continuing ``cache`` (or from scratch)."""
     if cache is None:
         return plain(tokens).logits
-    name = kv_cache.keyword_of(plain)
+    name = kv_cache.keyword_of(plain) or "past_key_values"
     return plain(tokens, **{name: cache}).logits
