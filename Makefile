@@ -90,6 +90,8 @@ notebooks: install
 	$(BIN)/python -m pytest -m notebook tests/notebooks
 
 bench: install
+	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/patching.py
 	$(BIN)/python bench/detectors.py
 	$(BIN)/python bench/explain.py

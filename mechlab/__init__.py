@@ -11,216 +11,220 @@ protocol: hook names like ``blocks.3.attn.hook_z``, ``run_with_cache``, ``run_wi
     (1, 3, 4, 8)
 """
 
-from mechlab.capture import Activations, MemoryEstimate, capture, estimate_memory
-from mechlab.detectors import (
-    Detector,
-    DetectorRegistry,
-    DetectorReport,
-    DetectorResult,
-    HeadScore,
-    PatternDetector,
-    WeightDetector,
-    repeated_tokens,
-    run_detectors,
-)
-from mechlab.detectors.composition import composition_baseline, composition_score
-from mechlab.errors import (
-    BundledModelMissingError,
-    CaptureStoreError,
-    CorruptModelError,
-    DetectorError,
-    DetectorPluginError,
-    DuplicateDetectorError,
-    HookError,
-    HubGatedModelError,
-    HubModelNotFoundError,
-    HubUnreachableError,
-    InputError,
-    MechlabError,
-    MemoryLimitError,
-    ModelNotFoundError,
-    OllamaModelNotFoundError,
-    SiteError,
-    SourceError,
-    UnknownDetectorError,
-    UnsupportedArchitectureError,
-    VerificationError,
-)
-from mechlab.explain import (
-    AttentionView,
-    Attribution,
-    DirectLogitAttribution,
-    LogitLens,
-    ProbeConfig,
-    ProbeDataset,
-    ProbeResult,
-    SteeringResult,
-    Target,
-    attention_view,
-    direct_logit_attribution,
-    gradient_x_input,
-    integrated_gradients,
-    layer_integrated_gradients,
-    load_probe_dataset,
-    logit_lens,
-    make_target,
-    occlusion,
-    steer,
-    steer_with_probe,
-    train_probes,
-)
-from mechlab.explain.explanation import ExplainEntry, Explanation, HeadFinding
-from mechlab.explain.settings import ExplainSettings
-from mechlab.generation import Completion, encode_prompt, generate, next_token_alternatives
-from mechlab.interventions.attribution_patching import Agreement, agreement, attribution_patch
-from mechlab.interventions.edges import EdgeScores, eap_ig
-from mechlab.interventions.hooks import active_hook_count, hooked, zero_ablation
-from mechlab.interventions.inputs import Ablation
-from mechlab.interventions.patching import patch
-from mechlab.interventions.paths import path_patch
-from mechlab.interventions.result import PatchResult
-from mechlab.interventions.sweep import Sweep
-from mechlab.metrics import (
-    AnswerLogit,
-    AnswerLogProb,
-    AnswerProb,
-    KLFromReference,
-    LogitDiff,
-    Metric,
-    PositionMetric,
-    answer_ids,
-    normalized_effect,
-)
-from mechlab.models.cache import cache_dir
-from mechlab.models.info import ModelInfo
-from mechlab.models.load import LoadedModel, load_model
-from mechlab.models.toy import save_toy
-from mechlab.models.verify import VerifyReport, verify
-from mechlab.progress import ProgressState, RichProgress, SweepProgress
-from mechlab.render import figures
-from mechlab.render.page import Page
-from mechlab.shards import CaptureDataset, CaptureProgress, capture_dataset, read_capture
-from mechlab.sites import Site, head_sites, kv_head, layer_sites
-from mechlab.toy import ToyTrainConfig, TrainedToy, TrainStep, cached_induction_toy, train_induction_toy
-from mechlab.types import HookedModel
+import importlib
+import sys
+from types import ModuleType
+from typing import Any
+
+from mechlab._entry import ExplainEntry
+
+# The public API: each name and the module that defines it. Nothing is imported until a name is first
+# used (PEP 562), so ``import mechlab`` and ``mechlab --help`` stay fast and a bad file is refused
+# before torch or transformers load.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "mechlab.activations": (
+        "Activations",
+        "MemoryEstimate",
+        "capture",
+        "estimate_memory",
+    ),
+    "mechlab.detectors": (
+        "Detector",
+        "DetectorRegistry",
+        "DetectorReport",
+        "DetectorResult",
+        "HeadScore",
+        "PatternDetector",
+        "WeightDetector",
+        "repeated_tokens",
+        "run_detectors",
+    ),
+    "mechlab.detectors.composition": (
+        "composition_baseline",
+        "composition_score",
+    ),
+    "mechlab.errors": (
+        "BundledModelMissingError",
+        "CaptureStoreError",
+        "CorruptModelError",
+        "DetectorError",
+        "DetectorPluginError",
+        "DuplicateDetectorError",
+        "HookError",
+        "HubGatedModelError",
+        "HubModelNotFoundError",
+        "HubUnreachableError",
+        "InputError",
+        "MechlabError",
+        "MemoryLimitError",
+        "ModelNotFoundError",
+        "OllamaModelNotFoundError",
+        "SiteError",
+        "SourceError",
+        "UnknownDetectorError",
+        "UnsupportedArchitectureError",
+        "VerificationError",
+    ),
+    "mechlab.explain.attention": (
+        "AttentionView",
+        "attention_view",
+    ),
+    "mechlab.explain.attribution": ("Attribution",),
+    "mechlab.explain.dla": (
+        "DirectLogitAttribution",
+        "direct_logit_attribution",
+    ),
+    "mechlab.explain.lens": (
+        "LogitLens",
+        "logit_lens",
+    ),
+    "mechlab.explain.probes": (
+        "ProbeConfig",
+        "ProbeResult",
+        "train_probes",
+    ),
+    "mechlab.explain.probe_data": (
+        "ProbeDataset",
+        "load_probe_dataset",
+    ),
+    "mechlab.explain.steering": (
+        "SteeringResult",
+        "steer",
+        "steer_with_probe",
+    ),
+    "mechlab.explain.targets": (
+        "Target",
+        "make_target",
+    ),
+    "mechlab.explain.integrated_gradients": (
+        "gradient_x_input",
+        "integrated_gradients",
+        "layer_integrated_gradients",
+    ),
+    "mechlab.explain.occlusion": ("occlusion",),
+    "mechlab.explain.explanation": (
+        "Explanation",
+        "HeadFinding",
+    ),
+    "mechlab.explain.settings": ("ExplainSettings",),
+    "mechlab.generation": (
+        "Completion",
+        "encode_prompt",
+        "generate",
+        "next_token_alternatives",
+    ),
+    "mechlab.interventions.attribution_patching": (
+        "Agreement",
+        "agreement",
+        "attribution_patch",
+    ),
+    "mechlab.interventions.edges": (
+        "EdgeScores",
+        "eap_ig",
+    ),
+    "mechlab.interventions.hooks": (
+        "active_hook_count",
+        "hooked",
+        "zero_ablation",
+    ),
+    "mechlab.interventions.inputs": ("Ablation",),
+    "mechlab.interventions.patching": ("patch",),
+    "mechlab.interventions.paths": ("path_patch",),
+    "mechlab.interventions.result": ("PatchResult",),
+    "mechlab.interventions.sweep": ("Sweep",),
+    "mechlab.metrics": (
+        "AnswerLogit",
+        "AnswerLogProb",
+        "AnswerProb",
+        "KLFromReference",
+        "LogitDiff",
+        "Metric",
+        "PositionMetric",
+        "answer_ids",
+        "normalized_effect",
+    ),
+    "mechlab.models.cache": ("cache_dir",),
+    "mechlab.models.info": ("ModelInfo",),
+    "mechlab.models.load": (
+        "LoadedModel",
+        "load_model",
+    ),
+    "mechlab.models.toy": ("save_toy",),
+    "mechlab.models.verify": (
+        "VerifyReport",
+        "verify",
+    ),
+    "mechlab.progress": (
+        "ProgressState",
+        "RichProgress",
+        "SweepProgress",
+    ),
+    "mechlab.render": ("figures",),
+    "mechlab.render.page": ("Page",),
+    "mechlab.shards": (
+        "CaptureDataset",
+        "CaptureProgress",
+        "capture_dataset",
+        "read_capture",
+    ),
+    "mechlab.sites": (
+        "Site",
+        "head_sites",
+        "kv_head",
+        "layer_sites",
+    ),
+    "mechlab.toy": (
+        "ToyTrainConfig",
+        "TrainedToy",
+        "TrainStep",
+        "cached_induction_toy",
+        "train_induction_toy",
+    ),
+    "mechlab.types": ("HookedModel",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 # ``mechlab.explain(model, prompt)`` writes the one-call report; ``mechlab.explain.logit_lens`` and
 # every other name of the ``mechlab.explain`` package stay reachable through it.
 explain = ExplainEntry()
 
+
+class _Package(ModuleType):
+    """The ``mechlab`` module: importing the ``mechlab.explain`` package (lazily, after this module ran)
+    would rebind ``mechlab.explain`` to that package; the one-call entry keeps the name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "explain" and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 __version__ = "0.1.0"
 
-__all__ = [
-    "Ablation",
-    "Activations",
-    "Agreement",
-    "AnswerLogProb",
-    "AnswerLogit",
-    "AnswerProb",
-    "AttentionView",
-    "Attribution",
-    "BundledModelMissingError",
-    "CaptureDataset",
-    "CaptureProgress",
-    "CaptureStoreError",
-    "Completion",
-    "CorruptModelError",
-    "Detector",
-    "DetectorError",
-    "DetectorPluginError",
-    "DetectorRegistry",
-    "DetectorReport",
-    "DetectorResult",
-    "DirectLogitAttribution",
-    "DuplicateDetectorError",
-    "EdgeScores",
-    "ExplainSettings",
-    "Explanation",
-    "HeadFinding",
-    "HeadScore",
-    "HookError",
-    "HookedModel",
-    "HubGatedModelError",
-    "HubModelNotFoundError",
-    "HubUnreachableError",
-    "InputError",
-    "KLFromReference",
-    "LoadedModel",
-    "LogitDiff",
-    "LogitLens",
-    "MechlabError",
-    "MemoryEstimate",
-    "MemoryLimitError",
-    "Metric",
-    "ModelInfo",
-    "ModelNotFoundError",
-    "OllamaModelNotFoundError",
-    "Page",
-    "PatchResult",
-    "PatternDetector",
-    "PositionMetric",
-    "ProbeConfig",
-    "ProbeDataset",
-    "ProbeResult",
-    "ProgressState",
-    "RichProgress",
-    "Site",
-    "SiteError",
-    "SourceError",
-    "SteeringResult",
-    "Sweep",
-    "SweepProgress",
-    "Target",
-    "ToyTrainConfig",
-    "TrainStep",
-    "TrainedToy",
-    "UnknownDetectorError",
-    "UnsupportedArchitectureError",
-    "VerificationError",
-    "VerifyReport",
-    "WeightDetector",
-    "active_hook_count",
-    "agreement",
-    "answer_ids",
-    "attention_view",
-    "attribution_patch",
-    "cache_dir",
-    "cached_induction_toy",
-    "capture",
-    "capture_dataset",
-    "composition_baseline",
-    "composition_score",
-    "direct_logit_attribution",
-    "eap_ig",
-    "encode_prompt",
-    "estimate_memory",
-    "explain",
-    "figures",
-    "generate",
-    "gradient_x_input",
-    "head_sites",
-    "hooked",
-    "integrated_gradients",
-    "kv_head",
-    "layer_integrated_gradients",
-    "layer_sites",
-    "load_model",
-    "load_probe_dataset",
-    "logit_lens",
-    "make_target",
-    "next_token_alternatives",
-    "normalized_effect",
-    "occlusion",
-    "patch",
-    "path_patch",
-    "read_capture",
-    "repeated_tokens",
-    "run_detectors",
-    "save_toy",
-    "steer",
-    "steer_with_probe",
-    "train_induction_toy",
-    "train_probes",
-    "verify",
-    "zero_ablation",
-]
+__all__ = sorted([*_MODULE_OF, "explain"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        return _submodule(name)
+    owner = importlib.import_module(module)
+    value = getattr(owner, name) if hasattr(owner, name) else importlib.import_module(f"{module}.{name}")
+    globals()[name] = value
+    return value
+
+
+def _submodule(name: str) -> Any:
+    """``mechlab.<submodule>`` read as an attribute before anything imported it."""
+    try:
+        return importlib.import_module(f"mechlab.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"mechlab.{name}":
+            raise
+        raise AttributeError(f"module 'mechlab' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -71,7 +71,7 @@ def progress(console: Console, what: str) -> Iterator[Callable[[str], None]]:
         yield lambda message: spinner.update(f"[bold]{escape(what)}:[/] {escape(message)}")
 
 
-def load(args: argparse.Namespace, console: Console) -> mechlab.LoadedModel:
+def load(args: argparse.Namespace, console: Console) -> "mechlab.LoadedModel":
     import torch
 
     dtype = getattr(torch, args.dtype)
@@ -82,7 +82,7 @@ def load(args: argparse.Namespace, console: Console) -> mechlab.LoadedModel:
     return loaded
 
 
-def info_table(info: mechlab.ModelInfo) -> Table:
+def info_table(info: "mechlab.ModelInfo") -> Table:
     table = Table(show_header=False, box=None)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
@@ -114,7 +114,7 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def print_completion(console: Console, completion: mechlab.Completion) -> None:
+def print_completion(console: Console, completion: "mechlab.Completion") -> None:
     console.print(f"[dim]{escape(completion.model_text)}[/][bold green]{escape(completion.text)}[/]")
     table = Table(title="Generated tokens and the alternatives the model weighed")
     table.add_column("#", justify="right")

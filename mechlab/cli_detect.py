@@ -7,7 +7,7 @@ Registered into ``mechlab.cli`` by ``add_detect_parsers``.
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -38,7 +38,7 @@ def _sample_count(text: str) -> int:
     return value
 
 
-def detector_table(result: mechlab.DetectorResult, top: int) -> Table:
+def detector_table(result: "mechlab.DetectorResult", top: int) -> Table:
     control = result.control_samples is not None
     table = Table(title=escape(f"{result.name}: {result.description}"), title_justify="left")
     table.add_column("#", justify="right")
@@ -121,13 +121,9 @@ def cmd_detectors(args: argparse.Namespace, console: Console) -> int:
 def cmd_train_toy(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import Progress
 
+    given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "weight_decay")}
     config = mechlab.ToyTrainConfig(
-        layout=args.layout,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
+        layout=args.layout, seed=args.seed, **{k: v for k, v in given.items() if v is not None}
     )
     with Progress(console=console) as bar:
         task = bar.add_task(f"Training toy:{config.model} ({config.layout} layout)", total=config.steps)
@@ -182,10 +178,13 @@ def add_detect_parsers(add: Callable[[str, str], argparse.ArgumentParser], sub: 
         "fixed layout is the positional negative control.",
     )
     p.add_argument("out", metavar="OUT", type=Path, help="checkpoint directory to write")
-    p.add_argument("--layout", choices=get_args(mechlab.toy.Layout), default="random")
-    p.add_argument("--steps", type=int, default=mechlab.ToyTrainConfig.steps)
-    p.add_argument("--batch-size", type=int, default=mechlab.ToyTrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=mechlab.ToyTrainConfig.lr)
-    p.add_argument("--weight-decay", type=float, default=mechlab.ToyTrainConfig.weight_decay)
+    # Defaults are ToyTrainConfig's (read when training starts: building the parser imports no torch).
+    p.add_argument("--layout", choices=("random", "fixed"), default="random")
+    p.add_argument("--steps", type=int, help="training steps (default: ToyTrainConfig.steps)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default: ToyTrainConfig.batch_size)")
+    p.add_argument("--lr", type=float, help="learning rate (default: ToyTrainConfig.lr)")
+    p.add_argument(
+        "--weight-decay", type=float, help="AdamW weight decay (default: ToyTrainConfig.weight_decay)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")

@@ -44,8 +44,9 @@ def _prediction(console: Console, model: Any, tokens: Any) -> None:
 
 @command("attribute")
 def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.explain import gradient_x_input, integrated_gradients, make_target, occlusion
-    from mechlab.explain.targets import as_tokens
+    from mechlab.explain.integrated_gradients import gradient_x_input, integrated_gradients
+    from mechlab.explain.occlusion import occlusion
+    from mechlab.explain.targets import as_tokens, make_target
 
     model = load(args, console).model
     tokens = as_tokens(model, args.prompt)
@@ -87,7 +88,8 @@ def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
 
 @command("lens")
 def cmd_lens(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.explain import direct_logit_attribution, logit_lens
+    from mechlab.explain.dla import direct_logit_attribution
+    from mechlab.explain.lens import logit_lens
     from mechlab.explain.targets import as_tokens
 
     model = load(args, console).model
@@ -160,7 +162,7 @@ def cmd_probe(args: argparse.Namespace, console: Console) -> int:
 
 @command("attention")
 def cmd_attention(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.explain import attention_view
+    from mechlab.explain.attention import attention_view
 
     model = load(args, console).model
     view = attention_view(model, args.prompt, layers=args.layers or None, heads=args.heads or None)

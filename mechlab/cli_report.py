@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,9 +16,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mechlab.cli import command, load
 from mechlab.errors import InputError
-from mechlab.explain.explanation import explain
-from mechlab.explain.settings import DEFAULT_DETECTORS, STAGES, ExplainProgress, ExplainSettings
-from mechlab.generation import check_prompt
+
+if TYPE_CHECKING:
+    from mechlab.explain.settings import ExplainSettings
 from mechlab.render.html import atomic_write
 
 
@@ -37,8 +38,11 @@ def writable(path: Path, what: str) -> Path:
     return path
 
 
-def settings_from(args: argparse.Namespace) -> ExplainSettings:
-    detectors = () if args.no_detectors else tuple(d.strip() for d in args.detectors.split(",") if d.strip())
+def settings_from(args: argparse.Namespace) -> "ExplainSettings":
+    from mechlab.explain.settings import DEFAULT_DETECTORS, ExplainSettings
+
+    chosen = ",".join(DEFAULT_DETECTORS) if args.detectors is None else args.detectors
+    detectors = () if args.no_detectors else tuple(d.strip() for d in chosen.split(",") if d.strip())
     try:
         return ExplainSettings(
             chat=args.chat,
@@ -59,6 +63,10 @@ def settings_from(args: argparse.Namespace) -> ExplainSettings:
 
 @command("explain")
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
+    from mechlab.explain.explanation import explain
+    from mechlab.explain.settings import STAGES, ExplainProgress
+    from mechlab.generation import check_prompt
+
     # Checks that need no model run before loading it; the prompt's length and --target/--contrast
     # need the tokenizer and are checked by explain() before it generates.
     check_prompt(args.prompt)
@@ -142,7 +150,8 @@ def add_report_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> Non
     p.add_argument("--top-heads", type=int, default=6, help="heads shown with attention views (default 6)")
     p.add_argument("--ig-steps", type=int, default=128, help="gradient evaluations IG may spend")
     p.add_argument(
-        "--detectors", default=",".join(DEFAULT_DETECTORS), help="comma-separated detectors to run"
+        "--detectors",
+        help="comma-separated detectors to run (default: mechlab.explain.settings.DEFAULT_DETECTORS)",
     )
     p.add_argument("--no-detectors", action="store_true", help="skip the detectors")
     p.add_argument(

@@ -86,6 +86,11 @@ MSG_PATH_MISSING = (
     "the form ORG/NAME, without './', '/' or '~' in front (e.g. hf:HuggingFaceTB/SmolLM2-135M-Instruct)."
 )
 
+MSG_SYMLINK_LOOP = (
+    "{source!r} is a symbolic link that never reaches a file: following it from {path} leads back to "
+    "a link already followed ({error}). Point the link (or the command) at the real .gguf file."
+)
+
 MSG_HUB_OFFLINE = (
     "{label} is not a local path, so mechlab looked for it in the local Hugging Face cache and did not "
     "find it; offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set), so the Hub was not asked.\n"

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Shaped
 from torch import Tensor
 
-from mechlab.capture import SitesSpec, capture, resolve_sites
+from mechlab.activations import SitesSpec, capture, resolve_sites
 from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, InputError
 from mechlab.progress import Progress
 from mechlab.render.html import atomic_write

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mechlab.capture import capture
+from mechlab.activations import capture
 from mechlab.errors import InputError
 from mechlab.explain.targets import as_tokens, str_tokens
 from mechlab.render.figures import png_bytes

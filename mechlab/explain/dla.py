@@ -30,7 +30,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mechlab.capture import capture
+from mechlab.activations import capture
 from mechlab.errors import InputError
 from mechlab.explain.targets import Target, as_tokens, make_target, resolve_pos, str_tokens
 from mechlab.render.figures import heatmap

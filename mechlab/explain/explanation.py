@@ -19,7 +19,6 @@ offline HTML report (``mechlab.render.report``).
 """
 
 import dataclasses
-import importlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -320,31 +319,3 @@ def explain(
         settings=settings,
         manifest=manifest(hooked, info, settings, timings),
     )
-
-
-class ExplainEntry:
-    """``mechlab.explain``: calling it runs ``explain``; its attributes are the ``mechlab.explain``
-    package's (``mechlab.explain.logit_lens``, ``mechlab.explain.probe_data``), so the one-call
-    report and the methods' subpackage share the name without hiding each other."""
-
-    __wrapped__ = staticmethod(explain)
-    __doc__ = explain.__doc__
-
-    def __call__(
-        self,
-        model: LoadedModel | HookedModel,
-        prompt: str,
-        *,
-        settings: ExplainSettings | None = None,
-        progress: Progress | None = None,
-    ) -> Explanation:
-        return explain(model, prompt, settings=settings, progress=progress)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(importlib.import_module("mechlab.explain"), name)
-
-    def __dir__(self) -> list[str]:
-        return dir(importlib.import_module("mechlab.explain"))
-
-    def __repr__(self) -> str:
-        return "<mechlab.explain: explain(model, prompt, settings=...) and the mechlab.explain methods>"

@@ -31,7 +31,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mechlab.capture import capture
+from mechlab.activations import capture
 from mechlab.explain.targets import as_tokens, resolve_pos, single_token, str_tokens, token_text
 from mechlab.render.figures import lines
 from mechlab.render.page import Page

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mechlab.capture import capture
+from mechlab.activations import capture
 from mechlab.errors import InputError
 from mechlab.interventions.hooks import differentiable, gradients
 from mechlab.interventions.inputs import Ablation, Direction, TokensLike, pos_labels, split_pair

@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechlab.capture import capture
+from mechlab.activations import capture
 from mechlab.interventions.hooks import differentiable, gradients
 from mechlab.interventions.inputs import Direction, TokensLike, check_direction, check_pair
 from mechlab.interventions.scoring import MetricLike, Scorer, scorer

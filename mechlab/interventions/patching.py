@@ -30,7 +30,7 @@ import time
 
 from torch import Tensor
 
-from mechlab.capture import capture
+from mechlab.activations import capture
 from mechlab.interventions.inputs import (
     Ablation,
     Direction,

@@ -32,7 +32,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from mechlab.capture import Activations, capture
+from mechlab.activations import Activations, capture
 from mechlab.errors import MSG_PATH_RECEIVER, MSG_PATH_SENDER, SiteError
 from mechlab.interventions.inputs import (
     Direction,

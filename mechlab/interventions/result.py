@@ -35,6 +35,24 @@ class Entry(NamedTuple):
     effect: float
 
 
+MSG_NAN_SCORES = (
+    "The metric {metric} returned NaN for {count} of the runs it scored: {cells}. A NaN score has no "
+    "meaning in a patching result, so none was returned. Check the metric on these runs' logits (a "
+    "log of 0, 0/0, or an answer token the logits do not contain are the usual causes)."
+)
+
+
+def check_finite(plan: Plan, values: Tensor, baselines: dict[str, Tensor | None], metric: str) -> None:
+    """Raise ``InputError`` naming every run (a baseline, or a variant's sites and prompt) scored NaN."""
+    cells = [f"the {name} baseline" for name, b in baselines.items() if b is not None and b.isnan().any()]
+    for variant, prompt in values.isnan().nonzero().tolist():
+        sites = " + ".join(str(site) for site in plan.variants[variant])
+        cells.append(f"{sites} (prompt {prompt})")
+    if cells:
+        shown = ", ".join(cells[:8]) + (f" and {len(cells) - 8} more" if len(cells) > 8 else "")
+        raise InputError(MSG_NAN_SCORES.format(metric=metric, count=len(cells), cells=shown))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PatchResult:
     """Patched metric values on a grid, with baselines.
@@ -90,7 +108,12 @@ class PatchResult:
         context: str = "",
         mode: str = "",
     ) -> "PatchResult":
-        """A result on ``plan``'s grid from per-variant, per-prompt ``values`` (moved to the CPU)."""
+        """A result on ``plan``'s grid from per-variant, per-prompt ``values`` (moved to the CPU).
+
+        Raises:
+            InputError: the metric gave NaN for a baseline or a patched run; names those runs.
+        """
+        check_finite(plan, values, {"clean": clean, "corrupted": corrupted}, metric)
         per_prompt = values.detach().cpu().reshape(*plan.shape, values.shape[-1])
         return cls(
             values=per_prompt.mean(-1),

@@ -38,7 +38,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechlab.capture import Activations, capture
+from mechlab.activations import Activations, capture
 from mechlab.interventions.hooks import hooked, recorder
 from mechlab.models import kv_cache
 from mechlab.sites import Site

@@ -20,6 +20,7 @@ import torch
 
 from mechlab.errors import (
     MSG_PATH_MISSING,
+    MSG_SYMLINK_LOOP,
     MSG_UNKNOWN_SOURCE,
     MSG_UNSUPPORTED_TL_ARCH,
     ModelNotFoundError,
@@ -137,6 +138,12 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _missing(source: str, path: Path) -> ModelNotFoundError:
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        pass
+    except (OSError, RuntimeError) as error:  # ELOOP: Python 3.11 raises RuntimeError, 3.13 OSError
+        return ModelNotFoundError(MSG_SYMLINK_LOOP.format(source=source, path=path, error=error))
     return ModelNotFoundError(MSG_PATH_MISSING.format(source=source, resolved=path.resolve()))
 
 

@@ -293,3 +293,30 @@ def test_progress_reports_variants_and_drives_a_rich_bar(tiny, pair) -> None:
         patch(tiny.model, clean, corrupted, "z", METRIC, batch_size=4, progress=bar)
         bar(mechlab.CaptureProgress(batches=3, rows=5, total_batches=4, resumed_batches=0))
     assert "Patching" in output.getvalue()
+
+
+def test_a_metric_returning_nan_is_an_error_naming_the_runs(tiny, pair) -> None:
+    clean, corrupted = pair
+    with torch.no_grad():
+        reference = tiny.model(corrupted)[:, -1, 3]
+
+    def nan_where_changed(logits: torch.Tensor) -> torch.Tensor:
+        changed = (logits[:, -1, 3] - reference).abs() > 1e-4
+        return torch.where(changed, torch.nan, logits[:, -1, 3])
+
+    with pytest.raises(InputError, match=r"returned NaN for \d+ of the runs") as caught:
+        patch(
+            tiny.model,
+            clean,
+            corrupted,
+            Sweep("resid_pre", per_position=True, positions=[0, 5]),
+            nan_where_changed,
+        )
+    message = str(caught.value)
+    assert "the clean baseline" in message and "corrupted baseline" not in message
+    assert "resid_pre.0@5 (prompt 0)" in message  # the clean token at the differing position
+    assert "resid_pre.0@0" not in message  # the same token in both runs: unchanged, finite
+    with pytest.raises(InputError, match=r"returned NaN .*the clean baseline, the corrupted baseline"):
+        mechlab.attribution_patch(
+            tiny.model, clean, corrupted, "z", lambda logits: logits[:, -1, 3] * torch.nan
+        )

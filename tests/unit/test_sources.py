@@ -259,3 +259,12 @@ def test_toy_checkpoint_round_trip(tmp_path: Path) -> None:
     tokens = torch.tensor([[5, 4, 3, 2, 1]])
     assert torch.equal(loaded.model(tokens), original(tokens))
     assert loaded.info.path == str(tmp_path / "ckpt")
+
+
+def test_a_symlink_loop_is_refused_with_an_error_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "b.gguf").symlink_to(tmp_path / "a.gguf")
+    (tmp_path / "a.gguf").symlink_to(tmp_path / "b.gguf")
+    with pytest.raises(ModelNotFoundError, match=r"symbolic link that never reaches a file"):
+        mechlab.load_model(str(tmp_path / "a.gguf"))
+    with pytest.raises(ModelNotFoundError, match=r"does not exist"):
+        mechlab.load_model(f"gguf:{tmp_path / 'a.gguf'}")
