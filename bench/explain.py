@@ -12,8 +12,8 @@ import tempfile
 import time
 
 import mechlab
-from mechlab.explain.explanation import explain
-from mechlab.explain.settings import ExplainSettings
+from mechlab.report.explain import explain
+from mechlab.report.settings import ExplainSettings
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 import mechlab
-from mechlab import generation
+from mechlab.models import decoding
 
 PROMPTS = (
     "The Eiffel Tower is located in the city of",
@@ -52,7 +52,7 @@ def main() -> None:
     reference = AutoModelForCausalLM.from_pretrained(loaded.info.converted_cache, dtype=torch.float32).eval()
 
     def ours(tokens: torch.Tensor) -> list[int]:
-        return list(generation.decode(model, tokens, max_new_tokens=args.steps).token_ids)
+        return list(decoding.decode(model, tokens, max_new_tokens=args.steps).token_ids)
 
     def theirs(tokens: torch.Tensor, use_cache: bool) -> list[int]:
         with torch.no_grad():

@@ -12,7 +12,7 @@ import argparse
 import time
 
 import mechlab
-from mechlab.explain import integrated_gradients, make_target
+from mechlab import integrated_gradients, make_target
 
 PROMPTS = (
     ("The Eiffel Tower is located in the city of", " Paris", None),

@@ -16,8 +16,6 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from mechlab._entry import ExplainEntry
-
 # The public API: each name and the module that defines it. Nothing is imported until a name is first
 # used (PEP 562), so ``import mechlab`` and ``mechlab --help`` stay fast and a bad file is refused
 # before torch or transformers load.
@@ -65,48 +63,45 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "UnsupportedArchitectureError",
         "VerificationError",
     ),
-    "mechlab.explain.attention": (
+    "mechlab.readout.attention": (
         "AttentionView",
         "attention_view",
     ),
-    "mechlab.explain.attribution": ("Attribution",),
-    "mechlab.explain.dla": (
+    "mechlab.attribution.result": ("Attribution",),
+    "mechlab.readout.dla": (
         "DirectLogitAttribution",
         "direct_logit_attribution",
     ),
-    "mechlab.explain.lens": (
+    "mechlab.readout.lens": (
         "LogitLens",
         "logit_lens",
     ),
-    "mechlab.explain.probes": (
+    "mechlab.probes.probes": (
         "ProbeConfig",
         "ProbeResult",
         "train_probes",
     ),
-    "mechlab.explain.probe_data": (
+    "mechlab.probes.data": (
         "ProbeDataset",
         "load_probe_dataset",
     ),
-    "mechlab.explain.steering": (
+    "mechlab.interventions.steering": (
         "SteeringResult",
         "steer",
         "steer_with_probe",
     ),
-    "mechlab.explain.targets": (
+    "mechlab.targets": (
         "Target",
         "make_target",
     ),
-    "mechlab.explain.integrated_gradients": (
+    "mechlab.attribution.integrated_gradients": (
         "gradient_x_input",
         "integrated_gradients",
         "layer_integrated_gradients",
     ),
-    "mechlab.explain.occlusion": ("occlusion",),
-    "mechlab.explain.explanation": (
-        "Explanation",
-        "HeadFinding",
-    ),
-    "mechlab.explain.settings": ("ExplainSettings",),
+    "mechlab.attribution.occlusion": ("occlusion",),
+    "mechlab.report.explain": ("explain", "Explanation", "HeadFinding"),
+    "mechlab.report.settings": ("ExplainSettings",),
     "mechlab.generation": (
         "Completion",
         "encode_prompt",
@@ -122,7 +117,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "EdgeScores",
         "eap_ig",
     ),
-    "mechlab.interventions.hooks": (
+    "mechlab.hooks": (
         "active_hook_count",
         "hooked",
         "zero_ablation",
@@ -184,14 +179,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-# ``mechlab.explain(model, prompt)`` writes the one-call report; ``mechlab.explain.logit_lens`` and
-# every other name of the ``mechlab.explain`` package stay reachable through it.
-explain = ExplainEntry()
-
 
 class _Package(ModuleType):
-    """The ``mechlab`` module: importing the ``mechlab.explain`` package (lazily, after this module ran)
-    would rebind ``mechlab.explain`` to that package; the one-call entry keeps the name."""
+    """The ``mechlab`` module. ``mechlab.explain`` is the one-call report (``mechlab.report.explain``);
+    the ``mechlab.explain`` package of earlier releases stays importable for one release
+    (``from mechlab.explain import logit_lens``), and importing it must not rebind the name."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "explain" and isinstance(value, ModuleType):
@@ -203,7 +195,7 @@ sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 
-__all__ = sorted([*_MODULE_OF, "explain"])
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mechlab.errors import MSG_MEMORY_LIMIT, MemoryLimitError, SiteError
-from mechlab.interventions.hooks import hooked, recorder
+from mechlab.hooks import hooked, recorder
 from mechlab.sites import (
     GLOBAL_KINDS,
     HEAD_KINDS,

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from mechlab.activations import SitesSpec, capture, resolve_sites
 from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, InputError
+from mechlab.files import atomic_write
 from mechlab.progress import Progress
-from mechlab.render.html import atomic_write
 from mechlab.sites import PATTERN_KINDS, Site, fit_pos
 from mechlab.types import HookedModel
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from mechlab.detectors.base import SampleScores
 from mechlab.errors import FailedDetectorError
-from mechlab.render.html import atomic_write
+from mechlab.files import atomic_write
 from mechlab.render.page import Page
 from mechlab.types import HeadScores
 

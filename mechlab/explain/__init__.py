@@ -1,27 +1,26 @@
-"""Explanation methods: attention views, attributions (Integrated Gradients, gradient × input,
-occlusion, layer IG), logit lens and direct logit attribution, probing classifiers and steering.
+"""The ``mechlab.explain`` package of earlier releases, kept for one release: thin re-exports.
 
-Every method takes one prompt (text or token ids) and returns a frozen result that checks its own
-invariant (IG: completeness; DLA: the parts sum to the logit; lens: the last row is the model's
-logits; probes: a control task) and renders itself: ``_repr_html_`` in Jupyter, ``.plot()`` for a
-matplotlib figure, ``.add_to(page)`` to join an offline ``mechlab.render.page.Page``.
+The methods now live in their own rooms: ``mechlab.attribution`` (Integrated Gradients, gradient ×
+input, occlusion), ``mechlab.readout`` (logit lens, DLA, attention views), ``mechlab.probes`` and
+``mechlab.interventions.steering``; every name below is also ``mechlab.<name>``. ``mechlab.explain``
+itself is the one-call report, ``mechlab.report.explain.explain``.
 """
 
-from mechlab.explain.attention import AttentionView, attention_view
-from mechlab.explain.attribution import Attribution
-from mechlab.explain.dla import DirectLogitAttribution, direct_logit_attribution
-from mechlab.explain.integrated_gradients import (
+from mechlab.attribution.integrated_gradients import (
     gradient_x_input,
     integrated_gradients,
     layer_integrated_gradients,
 )
-from mechlab.explain.lens import LogitLens, logit_lens
-from mechlab.explain.occlusion import occlusion
-from mechlab.explain.probe_data import ProbeDataset, load_probe_dataset
-from mechlab.explain.probes import ProbeConfig, ProbeResult, train_probes
-from mechlab.explain.quadrature import quadrature
-from mechlab.explain.steering import SteeringResult, steer, steer_with_probe
-from mechlab.explain.targets import Target, as_tokens, make_target, single_token
+from mechlab.attribution.occlusion import occlusion
+from mechlab.attribution.quadrature import quadrature
+from mechlab.attribution.result import Attribution
+from mechlab.interventions.steering import SteeringResult, steer, steer_with_probe
+from mechlab.probes.data import ProbeDataset, load_probe_dataset
+from mechlab.probes.probes import ProbeConfig, ProbeResult, train_probes
+from mechlab.readout.attention import AttentionView, attention_view
+from mechlab.readout.dla import DirectLogitAttribution, direct_logit_attribution
+from mechlab.readout.lens import LogitLens, logit_lens
+from mechlab.targets import Target, as_tokens, make_target, single_token
 
 __all__ = [
     "AttentionView",

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from mechlab.activations import capture
 from mechlab.errors import InputError
-from mechlab.interventions.hooks import differentiable, gradients
+from mechlab.hooks import differentiable, gradients
 from mechlab.interventions.inputs import Ablation, Direction, TokensLike, pos_labels, split_pair
 from mechlab.interventions.result import PatchResult
 from mechlab.interventions.scoring import MetricLike, Scorer, scorer

@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechlab.activations import capture
-from mechlab.interventions.hooks import differentiable, gradients
+from mechlab.hooks import differentiable, gradients
 from mechlab.interventions.inputs import Direction, TokensLike, check_direction, check_pair
 from mechlab.interventions.scoring import MetricLike, Scorer, scorer
 from mechlab.render import html

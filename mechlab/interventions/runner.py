@@ -39,7 +39,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechlab.activations import Activations, capture
-from mechlab.interventions.hooks import hooked, recorder
+from mechlab.hooks import hooked, recorder
 from mechlab.models import kv_cache
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens

@@ -10,11 +10,9 @@ and two processes converting the same file at once both end with a complete one.
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from mechlab.files import atomic_dir_sibling
 
 CACHE_ENV = "MECHLAB_CACHE_DIR"
 _HASH_CHUNK = 1 << 22  # 4 MiB reads keep hashing I/O-bound without a large buffer.
@@ -56,22 +54,3 @@ def file_sha256(path: Path) -> str:
     except OSError:
         pass  # The index only saves time; a read-only cache dir still works.
     return str(index[key])
-
-
-@contextmanager
-def atomic_dir_sibling(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success rename it onto ``final``.
-
-    Works for files and directories. On an exception the temporary path is removed and ``final``
-    is left as it was.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    target = tmp / "entry"
-    try:
-        yield target
-        if not (target.is_dir() and final.is_dir()):
-            os.replace(target, final)
-        # else: another process completed the same directory first; keep its copy.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -31,8 +31,9 @@ from mechlab.errors import (
     ModelNotFoundError,
     UnsupportedArchitectureError,
 )
+from mechlab.files import atomic_dir_sibling
 from mechlab.models import gguf_scan
-from mechlab.models.cache import atomic_dir_sibling, converted_dir, file_sha256
+from mechlab.models.cache import converted_dir, file_sha256
 from mechlab.models.hf import quiet_transformers
 
 GGUF_MAGIC = b"GGUF"

@@ -10,7 +10,7 @@ tensor objects: no copy, and an edit of the weights reaches both).
 ``twin(model)`` builds that instance once per model (on the meta device, then the bridge's tensors
 assigned) and returns ``None`` where the model is not a bridge over a transformers model or the names
 do not map one to one. Decoding uses it only while ``hooks_attached(model)`` is false, and checks its
-first cached step against the bridge's own full forward (``mechlab.generation.decode``).
+first cached step against the bridge's own full forward (``mechlab.models.decoding.decode``).
 """
 
 import weakref

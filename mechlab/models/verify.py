@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from mechlab import generation
 from mechlab.errors import InputError
+from mechlab.models import decoding
 from mechlab.models.gguf import strip_quantization
 from mechlab.models.hf import quiet_transformers
 from mechlab.models.load import LoadedModel, load_model, resolve_source
@@ -135,11 +135,11 @@ def compare(
         dlogprob.append((hooked - ref).abs().amax().item())
         kls.append((ref.exp() * (ref - hooked)).sum(-1))
         top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
-        ours = generation.decode(
+        ours = decoding.decode(
             model,
             tokens,
             max_new_tokens=max_new_tokens,
-            stop_ids=generation.stop_ids(model),
+            stop_ids=decoding.stop_ids(model),
             through_hooks=True,
         ).token_ids
         theirs = reference.generate(

@@ -34,8 +34,9 @@ import torch
 from matplotlib.figure import Figure
 
 from mechlab.errors import InputError
+from mechlab.files import atomic_write
 from mechlab.render.figures import png_data_uri
-from mechlab.render.html import atomic_write, escape, image, table
+from mechlab.render.html import escape, image, table
 
 WIDGET_COMPONENTS: tuple[str, ...] = (
     "AttentionHeads",

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from mechlab.files import atomic_dir_sibling
 from mechlab.models import toy as toy_models
-from mechlab.models.cache import atomic_dir_sibling, cache_dir
+from mechlab.models.cache import cache_dir
 from mechlab.toy.train import TRAINING_FILE, ToyTrainConfig, TrainedToy, TrainStep, train_induction_toy
 
 _PACKAGE = Path(__file__).resolve().parent

@@ -25,8 +25,8 @@ from typing import Any, get_args
 import torch
 import torch.nn.functional as F
 
+from mechlab.files import atomic_write
 from mechlab.models import toy as toy_models
-from mechlab.render.html import atomic_write
 from mechlab.toy.data import Layout, induction_batch
 
 TRAINING_FILE = "training.json"

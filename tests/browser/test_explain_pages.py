@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 import mechlab
-from mechlab.explain import attention_view, integrated_gradients
-from mechlab.explain.attention import AttentionView
+from mechlab import attention_view, integrated_gradients
 from mechlab.metrics import AnswerLogit
+from mechlab.readout.attention import AttentionView
 from tests.browser.harness import visit
 
 EVIL = ("<b>bold", "</script><script>alert('token')</script>", "x", "<img src=x onerror=alert(2)>")

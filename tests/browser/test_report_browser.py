@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mechlab.explain.explanation import explain
-from mechlab.explain.settings import ExplainSettings
+from mechlab.report.explain import explain
+from mechlab.report.settings import ExplainSettings
 from tests.browser.harness import report_problems, visit
 
 HOSTILE = (

@@ -9,10 +9,10 @@ import torch
 
 import mechlab
 from mechlab.cli import main
-from mechlab.explain.explanation import Explanation, explain
-from mechlab.explain.settings import ExplainSettings
 from mechlab.models import verify as verify_module
 from mechlab.models.verify import GenerationPair, VerifyReport
+from mechlab.report.explain import Explanation, explain
+from mechlab.report.settings import ExplainSettings
 
 NURSE = "The nurse was tired because"
 SETTINGS = ExplainSettings(max_new_tokens=6, contrast=" he", detectors=("induction",), detector_samples=2)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import mechlab
+from mechlab import attention_view, direct_logit_attribution, logit_lens, make_target
 from mechlab.cli import main
-from mechlab.explain import attention_view, direct_logit_attribution, logit_lens, make_target
-from mechlab.explain.probe_data import load_probe_dataset
-from mechlab.explain.probes import train_probes
-from mechlab.explain.steering import steer_with_probe
+from mechlab.interventions.steering import steer_with_probe
+from mechlab.probes.data import load_probe_dataset
+from mechlab.probes.probes import train_probes
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 IOI = "When Mary and John went to the store, John gave a drink to"
@@ -67,9 +67,7 @@ def test_logit_lens_ends_at_the_models_logits(smollm2: mechlab.LoadedModel) -> N
 
 def test_number_probes_are_selective_in_the_middle_layers(smollm2: mechlab.LoadedModel) -> None:
     data = load_probe_dataset("number")
-    half = mechlab.explain.probe_data.ProbeDataset(
-        data.texts[:320], data.labels[:320], data.words[:320], "number"
-    )
+    half = mechlab.probes.data.ProbeDataset(data.texts[:320], data.labels[:320], data.words[:320], "number")
     result = train_probes(smollm2.model, half, "resid_post", [0, 12, 18])
     assert float(result.accuracy[1]) > 0.9 and float(result.accuracy[2]) > 0.9
     assert float(result.selectivity[1:].min()) > 0.2
@@ -79,7 +77,7 @@ def test_number_probes_are_selective_in_the_middle_layers(smollm2: mechlab.Loade
 def test_steering_along_a_sentiment_probe_moves_the_output(smollm2: mechlab.LoadedModel) -> None:
     model = smollm2.model
     data = load_probe_dataset("sentiment")
-    subset = mechlab.explain.probe_data.ProbeDataset(data.texts[::3], data.labels[::3], data.words[::3], "s")
+    subset = mechlab.probes.data.ProbeDataset(data.texts[::3], data.labels[::3], data.words[::3], "s")
     probe = train_probes(model, subset, "resid_post", [12])
     target = make_target(model, " great", contrast=" terrible")
     result = steer_with_probe(

@@ -4,7 +4,7 @@
 import pytest
 
 import mechlab
-from mechlab.generation import decode, stop_ids
+from mechlab.models.decoding import decode, stop_ids
 from tests.unit.test_decoding import argmax_loop
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.drift]

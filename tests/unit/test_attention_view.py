@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import mechlab
-from mechlab.explain import attention_view
-from mechlab.explain.attention import AttentionView
+from mechlab import attention_view
+from mechlab.readout.attention import AttentionView
 
 
 def test_view_holds_the_cached_patterns(tiny_gqa: mechlab.LoadedModel, tokens: torch.Tensor) -> None:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import mechlab
-from mechlab.generation import decode
 from mechlab.models import kv_cache, plain
+from mechlab.models.decoding import decode
 
 pytestmark = pytest.mark.drift
 

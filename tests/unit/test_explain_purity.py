@@ -4,9 +4,9 @@ attached and no gradient accumulated on a parameter."""
 import torch
 
 import mechlab
-from mechlab.explain import ProbeDataset
-from mechlab.explain.probes import collect_activations, fit_probes
+from mechlab import ProbeDataset
 from mechlab.metrics import LogitDiff
+from mechlab.probes.probes import collect_activations, fit_probes
 
 
 def test_explain_calls_do_not_mutate_anything(tiny, tmp_path) -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from mechlab.cli_report import writable
+from mechlab.cli.explain import writable
 from mechlab.detectors import DetectorRegistry
 from mechlab.errors import InputError
-from mechlab.explain.settings import ExplainSettings
+from mechlab.report.settings import ExplainSettings
 
 
 @pytest.mark.parametrize(
@@ -44,23 +44,25 @@ def test_writable_refuses_missing_and_read_only_directories(tmp_path: Path, monk
         writable(tmp_path / "report.html", "json")
 
 
-def test_mechlab_explain_is_the_report_and_still_reaches_the_methods(tiny) -> None:
-    import mechlab
-    import mechlab.explain.probe_data
-    from mechlab.explain import logit_lens
+def test_mechlab_explain_is_the_report_and_the_old_import_path_still_works(tiny) -> None:
+    import inspect
 
+    import mechlab
+    import mechlab.probes.data
+    from mechlab.explain import logit_lens  # the import path of earlier releases
+    from mechlab.report.explain import explain
+
+    assert mechlab.explain is explain and inspect.isfunction(mechlab.explain)
     with pytest.raises(InputError, match="This model has no tokenizer"):  # reached explain()
         mechlab.explain(tiny.model, "text", settings=ExplainSettings(detectors=()))
-    assert mechlab.explain.logit_lens is logit_lens is mechlab.logit_lens
-    assert mechlab.explain.probe_data.ProbeDataset is mechlab.ProbeDataset
-    assert "integrated_gradients" in dir(mechlab.explain)
-    with pytest.raises(AttributeError, match="no_such_method"):
-        mechlab.explain.no_such_method  # noqa: B018
+    assert logit_lens is mechlab.logit_lens
+    assert mechlab.explain is explain  # importing the old package did not rebind the name
+    assert mechlab.probes.data.ProbeDataset is mechlab.ProbeDataset
     assert {"explain", "ExplainSettings", "Explanation"} <= set(mechlab.__all__)
 
 
 def test_detector_cache_key_follows_model_settings_and_detector_code(tmp_path: Path, monkeypatch) -> None:
-    from mechlab.explain import manifest
+    from mechlab.report import manifest
 
     source = tmp_path / "induction.py"
     source.write_text("SCORE = 1\n")
@@ -74,7 +76,7 @@ def test_detector_cache_key_follows_model_settings_and_detector_code(tmp_path: P
 
 
 def test_detector_cache_key_follows_a_plugins_own_source(tmp_path: Path, monkeypatch) -> None:
-    from mechlab.explain import manifest
+    from mechlab.report import manifest
 
     plugin = tmp_path / "mechlab_test_plugin_source.py"
     plugin.write_text(
@@ -115,7 +117,7 @@ def test_detector_cache_key_follows_a_plugins_own_source(tmp_path: Path, monkeyp
     ids=["both", "target-only", "contrast-only", "neither"],
 )
 def test_report_says_who_chose_the_tokens(target: str | None, contrast: str | None, note: str) -> None:
-    from mechlab.render.report import token_choice_note
+    from mechlab.report.page import token_choice_note
 
     assert re.search(note, token_choice_note(target, contrast))
 
@@ -133,13 +135,13 @@ def test_report_says_who_chose_the_tokens(target: str | None, contrast: str | No
 def test_explain_refuses_cheap_mistakes_before_loading_the_model(
     args: list[str], message: str, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    import mechlab.cli_report
+    import mechlab.cli.explain
     from mechlab.cli import main
 
     def load(*_: object) -> None:
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(mechlab.cli_report, "load", load)
+    monkeypatch.setattr(mechlab.cli.explain, "load", load)
     monkeypatch.chdir(tmp_path)
     assert main(["explain", "smollm2", *args]) == 2
     assert re.search(message, " ".join(capsys.readouterr().err.split()))

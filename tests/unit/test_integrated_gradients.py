@@ -5,19 +5,18 @@ import pytest
 import torch
 
 import mechlab
-from mechlab.explain import (
+from mechlab.attribution.integrated_gradients import (
     gradient_x_input,
     integrated_gradients,
     layer_integrated_gradients,
-    occlusion,
-    quadrature,
 )
-from mechlab.explain.path_integral import path_integral
-from mechlab.explain.quadrature import allocate
-from mechlab.explain.targets import Target
-from mechlab.interventions.hooks import active_hook_count
+from mechlab.attribution.occlusion import occlusion
+from mechlab.attribution.path_integral import path_integral
+from mechlab.attribution.quadrature import allocate, quadrature
+from mechlab.hooks import active_hook_count
 from mechlab.metrics import AnswerLogit, AnswerLogProb, LogitDiff
 from mechlab.models import toy
+from mechlab.targets import Target
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import mechlab
-from mechlab.explain import direct_logit_attribution, logit_lens, make_target
-from mechlab.explain.targets import Target
+from mechlab import direct_logit_attribution, logit_lens, make_target
 from mechlab.metrics import AnswerLogit
+from mechlab.targets import Target
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_gqa", "attn_only", "tiny_llama"])

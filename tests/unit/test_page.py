@@ -10,7 +10,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mechlab.render.html import atomic_write
+from mechlab.files import atomic_write
 from mechlab.render.page import Page, circuitsvis_bundle, script_json
 from mechlab.render.tokens import colored_tokens
 
@@ -139,8 +139,8 @@ def test_colored_tokens_escape_and_scale() -> None:
 
 def test_dollar_tokens_are_drawn_not_parsed_as_mathtext() -> None:
     """Tokens such as "$$" (common in LaTeX-trained vocabularies) once crashed every figure."""
-    from mechlab.explain.attention import AttentionView
-    from mechlab.explain.attribution import Attribution
+    from mechlab.attribution.result import Attribution
+    from mechlab.readout.attention import AttentionView
 
     tokens = ("$$", " $x$", "\\$\\frac")
     attribution = Attribution(

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import mechlab
-from mechlab.explain.probe_data import ProbeDataset, load_probe_dataset
-from mechlab.explain.probes import ProbeConfig, collect_activations, control_labels, fit_probes, train_probes
-from mechlab.explain.steering import steer
+from mechlab.interventions.steering import steer
 from mechlab.metrics import LogitDiff
+from mechlab.probes.data import ProbeDataset, load_probe_dataset
+from mechlab.probes.probes import ProbeConfig, collect_activations, control_labels, fit_probes, train_probes
 
 
 def test_planted_direction_is_found_and_memorising_word_types_is_not_possible() -> None:

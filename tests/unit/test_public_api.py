@@ -30,5 +30,4 @@ def test_every_public_name_resolves_and_no_submodule_shadows_one() -> None:
         value = getattr(mechlab, name)
         assert isinstance(value, types.ModuleType) == (name in modules), name
     assert callable(mechlab.capture) and callable(mechlab.explain)
-    assert mechlab.explain.logit_lens is mechlab.logit_lens
     assert set(mechlab.__all__) <= set(dir(mechlab))

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import mechlab
-from mechlab.explain import make_target, single_token
-from mechlab.explain.targets import as_tokens, resolve_target
 from mechlab.metrics import AnswerLogit
+from mechlab.targets import as_tokens, make_target, resolve_target, single_token
 
 
 def test_targets_read_the_right_numbers(tiny: mechlab.LoadedModel, tokens: torch.Tensor) -> None:

@@ -22,10 +22,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mechlab.explain.quadrature import Quadrature, allocate, gauss_legendre, quadrature
-from mechlab.explain.targets import Target
-from mechlab.interventions.hooks import hooked, recorder
+from mechlab.attribution.quadrature import Quadrature, allocate, gauss_legendre, quadrature
+from mechlab.hooks import hooked, recorder
 from mechlab.sites import Site
+from mechlab.targets import Target
 from mechlab.types import HookedModel, Tokens
 
 PROBE_CELLS = 16

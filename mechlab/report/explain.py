@@ -15,7 +15,7 @@ One call generates a completion with the hooked model and explains one of its to
 - a reproducibility manifest.
 
 The result is an ``Explanation``; ``explanation.save("report.html")`` writes a self-contained
-offline HTML report (``mechlab.render.report``).
+offline HTML report (``mechlab.report.page``).
 """
 
 import dataclasses
@@ -25,16 +25,10 @@ from typing import Any
 
 import torch
 
+from mechlab.attribution.integrated_gradients import integrated_gradients
+from mechlab.attribution.result import Attribution
 from mechlab.detectors import DetectorReport
 from mechlab.errors import InputError, MechlabError
-from mechlab.explain.attention import AttentionView, attention_view
-from mechlab.explain.attribution import Attribution
-from mechlab.explain.dla import DirectLogitAttribution, direct_logit_attribution
-from mechlab.explain.integrated_gradients import integrated_gradients
-from mechlab.explain.lens import LogitLens, logit_lens
-from mechlab.explain.manifest import cached_detectors, manifest
-from mechlab.explain.settings import STAGES, ExplainProgress, ExplainSettings
-from mechlab.explain.targets import Target, make_target, single_token, token_text
 from mechlab.generation import Completion, generate
 from mechlab.interventions.attribution_patching import attribution_patch
 from mechlab.interventions.inputs import Ablation
@@ -44,7 +38,13 @@ from mechlab.metrics import LogitDiff
 from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel
 from mechlab.models.verify import VerifyReport
+from mechlab.readout.attention import AttentionView, attention_view
+from mechlab.readout.dla import DirectLogitAttribution, direct_logit_attribution
+from mechlab.readout.lens import LogitLens, logit_lens
+from mechlab.report.manifest import cached_detectors, manifest
+from mechlab.report.settings import STAGES, ExplainProgress, ExplainSettings
 from mechlab.sites import Site
+from mechlab.targets import Target, make_target, single_token, token_text
 from mechlab.types import HookedModel, Tokens
 
 
@@ -113,7 +113,7 @@ class Explanation:
 
     def page(self, *, id_prefix: str | None = None) -> Any:
         """The report as a ``mechlab.render.page.Page``."""
-        from mechlab.render.report import report_page
+        from mechlab.report.page import report_page
 
         return report_page(self, id_prefix=id_prefix)
 
@@ -123,7 +123,7 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: the completion, the explained token and the main findings."""
-        from mechlab.render.report import summary_dict
+        from mechlab.report.page import summary_dict
 
         return summary_dict(self)
 

@@ -18,13 +18,13 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab.errors import InputError
-from mechlab.explain.probes import VECTOR_KINDS, ProbeResult
-from mechlab.explain.targets import TargetSpec, as_tokens, prompt_target, str_tokens
-from mechlab.interventions.hooks import hooked
+from mechlab.hooks import hooked
+from mechlab.probes.probes import VECTOR_KINDS, ProbeResult
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
 from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, validate
+from mechlab.targets import TargetSpec, as_tokens, prompt_target, str_tokens
 from mechlab.types import HookedModel, Tokens
 
 DEFAULT_SCALES = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0)

@@ -3,7 +3,7 @@
 A rule returns nodes ``α_k`` and weights ``w_k`` (summing to 1) with ``∫_0^1 f ≈ Σ_k w_k f(α_k)``.
 
 ``allocate`` spreads a budget of nodes over the cells of a grid in proportion to how much the
-integrand's antiderivative changes over each; ``mechlab.explain.path_integral`` uses it for its
+integrand's antiderivative changes over each; ``mechlab.attribution.path_integral`` uses it for its
 error-controlled ``adaptive`` rule.
 """
 

@@ -22,12 +22,12 @@ from torch import Tensor
 
 from mechlab.activations import capture
 from mechlab.errors import InputError
-from mechlab.explain.targets import as_tokens, str_tokens
+from mechlab.files import atomic_write
 from mechlab.render.figures import png_bytes
-from mechlab.render.html import atomic_write
 from mechlab.render.page import Page
 from mechlab.render.tokens import plot_text, visible
 from mechlab.sites import Site, n_heads_for, validate
+from mechlab.targets import as_tokens, str_tokens
 from mechlab.types import HookedModel, Tokens
 
 HeadSpec = Sequence[int] | Sequence[tuple[int, int]] | None

@@ -6,7 +6,6 @@ Registered into ``mechlab.cli`` by ``add_report_parser``; a thin layer over ``me
 import argparse
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,12 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mechlab.cli import command, load
+from mechlab.cli.common import Add, Handler, load
 from mechlab.errors import InputError
 
 if TYPE_CHECKING:
-    from mechlab.explain.settings import ExplainSettings
-from mechlab.render.html import atomic_write
+    from mechlab.report.settings import ExplainSettings
+from mechlab.files import atomic_write
 
 
 def writable(path: Path, what: str) -> Path:
@@ -39,7 +38,7 @@ def writable(path: Path, what: str) -> Path:
 
 
 def settings_from(args: argparse.Namespace) -> "ExplainSettings":
-    from mechlab.explain.settings import DEFAULT_DETECTORS, ExplainSettings
+    from mechlab.report.settings import DEFAULT_DETECTORS, ExplainSettings
 
     chosen = ",".join(DEFAULT_DETECTORS) if args.detectors is None else args.detectors
     detectors = () if args.no_detectors else tuple(d.strip() for d in chosen.split(",") if d.strip())
@@ -61,11 +60,10 @@ def settings_from(args: argparse.Namespace) -> "ExplainSettings":
         raise InputError(str(error)) from error
 
 
-@command("explain")
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.explain.explanation import explain
-    from mechlab.explain.settings import STAGES, ExplainProgress
     from mechlab.generation import check_prompt
+    from mechlab.report.explain import explain
+    from mechlab.report.settings import STAGES, ExplainProgress
 
     # Checks that need no model run before loading it; the prompt's length and --target/--contrast
     # need the tokenizer and are checked by explain() before it generates.
@@ -127,7 +125,10 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     return 1
 
 
-def add_report_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+HANDLERS: dict[str, Handler] = {"explain": cmd_explain}
+
+
+def add_parsers(add: Add) -> None:
     """Add ``explain`` with ``add(name, help)`` from ``mechlab.cli.build_parser``."""
     p = add(
         "explain",
@@ -151,7 +152,7 @@ def add_report_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> Non
     p.add_argument("--ig-steps", type=int, default=128, help="gradient evaluations IG may spend")
     p.add_argument(
         "--detectors",
-        help="comma-separated detectors to run (default: mechlab.explain.settings.DEFAULT_DETECTORS)",
+        help="comma-separated detectors to run (default: mechlab.report.settings.DEFAULT_DETECTORS)",
     )
     p.add_argument("--no-detectors", action="store_true", help="skip the detectors")
     p.add_argument(

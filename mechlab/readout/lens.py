@@ -32,11 +32,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab.activations import capture
-from mechlab.explain.targets import as_tokens, resolve_pos, single_token, str_tokens, token_text
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
 from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, layer_sites
+from mechlab.targets import as_tokens, resolve_pos, single_token, str_tokens, token_text
 from mechlab.types import HookedModel, Tokens
 
 

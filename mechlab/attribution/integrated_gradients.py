@@ -9,7 +9,7 @@ summed over ``d_model`` to give one score per token. The scores satisfy *complet
 ``Σ_i IG_i = F(x) - F(x')``. The integral is computed by quadrature, ``batch_size`` nodes per
 forward and backward pass. The default rule, ``adaptive``, probes ``F`` along the path with forward
 passes and places Gauss–Legendre nodes where its estimate of each stretch is off, until the error is
-within ``tolerance`` (``mechlab.explain.path_integral``); fixed Gauss–Legendre and Riemann rules are
+within ``tolerance`` (``mechlab.attribution.path_integral``); fixed Gauss–Legendre and Riemann rules are
 there too. Every result reports its completeness error.
 
 The baseline is an input that carries no evidence. By default it is the prompt with every token
@@ -38,7 +38,7 @@ then jumps, which no quadrature resolves.
 residual stream before layer 10, a head's ``z``…), from that activation on the baseline input.
 
 ``gradient_x_input`` is the one-step special case (the gradient at ``x`` times ``x - x'``);
-``mechlab.explain.occlusion`` has the gradient-free baseline.
+``mechlab.attribution.occlusion`` has the gradient-free baseline.
 """
 
 from typing import Any
@@ -46,17 +46,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlab.errors import MSG_NO_PAD_TOKEN, MSG_ONE_TOKEN_KEPT, InputError
-from mechlab.explain.attribution import Attribution
-from mechlab.explain.path_integral import (
+from mechlab.attribution.path_integral import (
     activation_at,
     model_function,
     node_gradients,
     path_integral,
     target_value,
 )
-from mechlab.explain.quadrature import QUADRATURES, Quadrature
-from mechlab.explain.targets import (
+from mechlab.attribution.quadrature import QUADRATURES, Quadrature
+from mechlab.attribution.result import Attribution
+from mechlab.errors import MSG_NO_PAD_TOKEN, MSG_ONE_TOKEN_KEPT, InputError
+from mechlab.sites import Site, validate
+from mechlab.targets import (
     Target,
     TargetSpec,
     as_tokens,
@@ -66,7 +67,6 @@ from mechlab.explain.targets import (
     str_tokens,
     token_text,
 )
-from mechlab.sites import Site, validate
 from mechlab.types import HookedModel, Tokens
 
 Baseline = str | int | Tensor
@@ -211,7 +211,7 @@ def integrated_gradients(
         steps: gradient evaluations: the budget of the ``adaptive`` rule (it stops once within
             ``tolerance``), the node count of the fixed rules.
         batch_size: nodes per forward/backward pass (memory ∝ batch_size × pos).
-        rule: ``adaptive`` (default; see ``mechlab.explain.path_integral``), ``gauss-legendre``,
+        rule: ``adaptive`` (default; see ``mechlab.attribution.path_integral``), ``gauss-legendre``,
             ``riemann-middle`` or ``riemann-trapezoid``.
         tolerance: the adaptive rule's target for ``Σ |cell error| / |F(x) − F(baseline)|``.
         keep_first: hold the first token at its embedding (score 0); see the module doc.

@@ -32,11 +32,11 @@ from torch import Tensor
 
 from mechlab.activations import capture
 from mechlab.errors import InputError
-from mechlab.explain.targets import Target, as_tokens, make_target, resolve_pos, str_tokens
 from mechlab.render.figures import heatmap
 from mechlab.render.page import Page
 from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, layer_sites
+from mechlab.targets import Target, as_tokens, make_target, resolve_pos, str_tokens
 from mechlab.types import HeadScores, HookedModel, LayerScores, Tokens
 
 _NORMS = ("LN", "LNPre", "RMS", "RMSPre", None)

@@ -5,14 +5,13 @@ Registered into ``mechlab.cli`` by ``add_explain_parsers``; each handler is a th
 """
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mechlab.cli import command, load, progress
+from mechlab.cli.common import Add, Handler, load, progress
 from mechlab.errors import InputError
 
 
@@ -34,7 +33,7 @@ def _bar(value: float, bound: float, width: int = 24) -> str:
 def _prediction(console: Console, model: Any, tokens: Any) -> None:
     import torch
 
-    from mechlab.explain.targets import top_next_tokens
+    from mechlab.targets import top_next_tokens
 
     with torch.no_grad():
         logits = model(tokens)
@@ -42,11 +41,10 @@ def _prediction(console: Console, model: Any, tokens: Any) -> None:
     console.print(f"The model's next-token prediction: {top}")
 
 
-@command("attribute")
 def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.explain.integrated_gradients import gradient_x_input, integrated_gradients
-    from mechlab.explain.occlusion import occlusion
-    from mechlab.explain.targets import as_tokens, make_target
+    from mechlab.attribution.integrated_gradients import gradient_x_input, integrated_gradients
+    from mechlab.attribution.occlusion import occlusion
+    from mechlab.targets import as_tokens, make_target
 
     model = load(args, console).model
     tokens = as_tokens(model, args.prompt)
@@ -86,11 +84,10 @@ def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-@command("lens")
 def cmd_lens(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.explain.dla import direct_logit_attribution
-    from mechlab.explain.lens import logit_lens
-    from mechlab.explain.targets import as_tokens
+    from mechlab.readout.dla import direct_logit_attribution
+    from mechlab.readout.lens import logit_lens
+    from mechlab.targets import as_tokens
 
     model = load(args, console).model
     tokens = as_tokens(model, args.prompt)
@@ -126,10 +123,9 @@ def cmd_lens(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-@command("probe")
 def cmd_probe(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.explain.probe_data import load_probe_dataset
-    from mechlab.explain.probes import ProbeConfig, train_probes
+    from mechlab.probes.data import load_probe_dataset
+    from mechlab.probes.probes import ProbeConfig, train_probes
 
     try:
         config = ProbeConfig(test_fraction=args.test_fraction, weight_decay=args.weight_decay, seed=args.seed)
@@ -160,9 +156,8 @@ def cmd_probe(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-@command("attention")
 def cmd_attention(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.explain.attention import attention_view
+    from mechlab.readout.attention import attention_view
 
     model = load(args, console).model
     view = attention_view(model, args.prompt, layers=args.layers or None, heads=args.heads or None)
@@ -173,7 +168,15 @@ def cmd_attention(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def add_explain_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+HANDLERS: dict[str, Handler] = {
+    "attribute": cmd_attribute,
+    "lens": cmd_lens,
+    "probe": cmd_probe,
+    "attention": cmd_attention,
+}
+
+
+def add_parsers(add: Add) -> None:
     """Add the explanation sub-commands with ``add(name, help)`` from ``mechlab.cli.build_parser``."""
     p = add(
         "attribute", "Which prompt tokens made the model predict TOKEN? (Integrated Gradients by default)"

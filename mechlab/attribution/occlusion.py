@@ -11,10 +11,10 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from mechlab.attribution.integrated_gradients import DEFAULT_BATCH_SIZE, pad_token_id
+from mechlab.attribution.result import Attribution
 from mechlab.errors import InputError
-from mechlab.explain.attribution import Attribution
-from mechlab.explain.integrated_gradients import DEFAULT_BATCH_SIZE, pad_token_id
-from mechlab.explain.targets import TargetSpec, as_tokens, prompt_target, single_token, str_tokens
+from mechlab.targets import TargetSpec, as_tokens, prompt_target, single_token, str_tokens
 from mechlab.types import HookedModel
 
 OcclusionMode = Literal["replace", "drop"]

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab.errors import InputError
-from mechlab.explain.probe_data import POSITIONS, Position, ProbeDataset, collect_activations, word_position
+from mechlab.probes.data import POSITIONS, Position, ProbeDataset, collect_activations, word_position
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
 from mechlab.sites import Site, validate

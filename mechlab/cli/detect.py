@@ -5,7 +5,6 @@ Registered into ``mechlab.cli`` by ``add_detect_parsers``.
 """
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli import command, load
+from mechlab.cli.common import Add, Handler, load
 
 
 def _positive_int(text: str) -> int:
@@ -61,7 +60,6 @@ def detector_table(result: "mechlab.DetectorResult", top: int) -> Table:
     return table
 
 
-@command("detect")
 def cmd_detect(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import Progress
 
@@ -93,7 +91,6 @@ def cmd_detect(args: argparse.Namespace, console: Console) -> int:
     return 1 if report.failures else 0
 
 
-@command("detectors")
 def cmd_detectors(args: argparse.Namespace, console: Console) -> int:
     registry = mechlab.DetectorRegistry.from_entry_points()
     table = Table(title="Installed detectors (entry-point group mechlab.detectors)")
@@ -117,7 +114,6 @@ def cmd_detectors(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-@command("train-toy")
 def cmd_train_toy(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import Progress
 
@@ -140,7 +136,10 @@ def cmd_train_toy(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def add_detect_parsers(add: Callable[[str, str], argparse.ArgumentParser], sub: Any) -> None:
+HANDLERS: dict[str, Handler] = {"detect": cmd_detect, "detectors": cmd_detectors, "train-toy": cmd_train_toy}
+
+
+def add_parsers(add: Add, sub: Any) -> None:
     """Add ``detect`` with ``add(name, help)`` and ``detectors``/``train-toy`` (no SOURCE) with ``sub``,
     both from ``mechlab.cli.build_parser``."""
     p = add(
@@ -169,6 +168,7 @@ def add_detect_parsers(add: Callable[[str, str], argparse.ArgumentParser], sub: 
         description="List the installed detectors (entry-point group mechlab.detectors) and the "
         "package that provides each.",
     )
+    p.set_defaults(handler=cmd_detectors)
 
     p = sub.add_parser(
         "train-toy",
@@ -177,6 +177,7 @@ def add_detect_parsers(add: Callable[[str, str], argparse.ArgumentParser], sub: 
         "loads as toy:OUT. The random layout grows a previous-token head and induction heads; the "
         "fixed layout is the positional negative control.",
     )
+    p.set_defaults(handler=cmd_train_toy)
     p.add_argument("out", metavar="OUT", type=Path, help="checkpoint directory to write")
     # Defaults are ToyTrainConfig's (read when training starts: building the parser imports no torch).
     p.add_argument("--layout", choices=("random", "fixed"), default="random")

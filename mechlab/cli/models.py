@@ -1,0 +1,110 @@
+"""``mechlab info``, ``generate`` and ``verify``: what the model is, what it says, whether it is faithful."""
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import mechlab
+from mechlab.cli.common import Add, Handler, load, progress
+
+
+def info_table(info: "mechlab.ModelInfo") -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("source", info.source),
+        ("file", info.path or "-"),
+        ("sha256", info.sha256 or "-"),
+        ("architecture", f"{info.architecture} (original: {info.original_architecture or '-'})"),
+        ("quantization", info.quantization_summary),
+        ("layers × heads", f"{info.n_layers} × {info.n_heads} ({info.n_kv_heads} key/value heads)"),
+        ("d_model / d_head", f"{info.d_model} / {info.d_head}"),
+        ("vocabulary / context", f"{info.d_vocab} / {info.n_ctx}"),
+        ("prepends BOS", str(info.prepends_bos)),
+        ("chat template", "yes" if info.chat_template else "no"),
+        ("converted cache", info.converted_cache or "-"),
+    ]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", escape(value))
+    return table
+
+
+def cmd_info(args: argparse.Namespace, console: Console) -> int:
+    loaded = load(args, console)
+    if args.json:
+        console.print_json(loaded.info.to_json())
+    else:
+        console.print(info_table(loaded.info))
+    return 0
+
+
+def print_completion(console: Console, completion: "mechlab.Completion") -> None:
+    console.print(f"[dim]{escape(completion.model_text)}[/][bold green]{escape(completion.text)}[/]")
+    table = Table(title="Generated tokens and the alternatives the model weighed")
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    table.add_column("p", justify="right")
+    table.add_column("top alternatives")
+    for i, step in enumerate(completion.steps):
+        alts = ", ".join(f"{a.text!r} {a.prob:.2f}" for a in step.alternatives)
+        table.add_row(str(i), escape(repr(step.text)), f"{step.prob:.3f}", escape(alts))
+    console.print(table)
+
+
+def cmd_generate(args: argparse.Namespace, console: Console) -> int:
+    loaded = load(args, console)
+    completion = mechlab.generate(
+        loaded.model,
+        args.prompt,
+        chat=args.chat,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        top_k=args.top_k,
+    )
+    print_completion(console, completion)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    loaded = load(args, console)
+    with progress(console, "Loading an independent transformers reference and comparing"):
+        report = mechlab.verify(loaded=loaded, max_new_tokens=args.max_new_tokens, tolerance=args.tolerance)
+    if args.json:
+        console.print_json(json.dumps(report.to_dict()))
+    for pair in report.generations:
+        mark = "[green]=[/]" if pair.agree else "[red]≠[/]"
+        texts = f"{pair.prompt!r} → hooked {pair.hooked!r} / reference {pair.reference!r}"
+        console.print(f"{mark} {escape(texts)}")
+    console.print(("[bold green]" if report.passed else "[bold red]") + escape(report.summary()))
+    return 0 if report.passed else 1
+
+
+HANDLERS: dict[str, Handler] = {"info": cmd_info, "generate": cmd_generate, "verify": cmd_verify}
+
+
+def add_parsers(add: Add) -> None:
+    """Add ``info``, ``generate`` and ``verify``."""
+    p = add("info", "Show what a model is: architecture, quantization, shape, hash, cache location.")
+    p.add_argument("--json", action="store_true", help="print the ModelInfo record as JSON")
+
+    p = add("generate", "Generate a completion and show each token's probability and alternatives.")
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue")
+    p.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling (temperature > 0)")
+    p.add_argument("--top-k", type=int, default=5, help="alternatives shown per token")
+
+    p = add(
+        "verify",
+        "Check the hooked model against an independent transformers reference "
+        "(exit code 1 if they disagree beyond tolerance).",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=12, help="greedy tokens compared per prompt")
+    p.add_argument("--tolerance", type=float, default=None, help="max |Δ log-prob| allowed (float32: 1e-4)")
+    p.add_argument("--json", action="store_true", help="also print the report as JSON")
