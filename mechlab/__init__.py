@@ -102,12 +102,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "mechlab.attribution.occlusion": ("occlusion",),
     "mechlab.report.explain": ("explain", "Explanation", "HeadFinding"),
     "mechlab.report.settings": ("ExplainSettings",),
-    "mechlab.generation": (
-        "Completion",
-        "encode_prompt",
-        "generate",
-        "next_token_alternatives",
-    ),
+    "mechlab.generation": ("Completion", "generate", "next_token_alternatives"),
+    "mechlab.tokens": ("as_tokens", "check_prompt", "encode_prompt", "single_token", "str_tokens"),
+    "mechlab.files": ("atomic_write",),
     "mechlab.interventions.attribution_patching": (
         "Agreement",
         "agreement",

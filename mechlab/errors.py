@@ -260,9 +260,12 @@ MSG_DETECTOR_CLASS = (
     "content_dependent (a bool); see mechlab.Detector."
 )
 
+MSG_NO_TOKENIZER = "This model has no tokenizer (toy models take token ids): {fix}"
+
 MSG_NOT_ONE_TOKEN = (
     "The {what} {text!r} is not one token: this model's tokenizer splits it into {n} tokens "
-    "{pieces}, and a {what} must be a single token.\n{suggestions}"
+    "{pieces}; it must be a single token (a word in running text keeps its leading space, e.g. "
+    "' Paris').\n{suggestions}"
 )
 
 MSG_NO_PAD_TOKEN = (

@@ -2,12 +2,12 @@
 the top alternatives the model weighed at that step."""
 
 import dataclasses
-from typing import Any
 
 import torch
 
 from mechlab.errors import InputError
 from mechlab.models.decoding import decode, stop_ids
+from mechlab.tokens import encode_prompt, require_tokenizer
 from mechlab.types import HookedModel, Tokens
 
 
@@ -54,57 +54,6 @@ class Completion:
         """Prompt and completion token ids, ``[1, pos]``."""
         new = torch.tensor([[s.token_id for s in self.steps]], dtype=self.prompt_tokens.dtype)
         return torch.cat([self.prompt_tokens, new.to(self.prompt_tokens.device)], dim=1)
-
-
-def require_tokenizer(model: HookedModel) -> Any:
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise InputError(
-            "This model has no tokenizer (toy models take token ids): pass a tensor of token ids "
-            "instead of text."
-        )
-    return tokenizer
-
-
-EMPTY_PROMPT = "The prompt is empty: give the text the model should continue."
-
-
-def check_prompt(prompt: str) -> None:
-    """The checks on a prompt that need no model: it must hold more than whitespace.
-
-    Raises:
-        InputError: the prompt is empty or whitespace only.
-    """
-    if not prompt or not prompt.strip():
-        raise InputError(EMPTY_PROMPT)
-
-
-def encode_prompt(model: HookedModel, prompt: str, *, chat: bool = False) -> tuple[str, Tokens]:
-    """``(model_text, tokens)`` for a prompt, applying the chat template when ``chat`` is True.
-
-    Raises:
-        InputError: empty prompt, chat requested on a model without a chat template, or a prompt
-            longer than the model's context.
-    """
-    tokenizer = require_tokenizer(model)
-    check_prompt(prompt)
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise InputError("This model has no chat template; run without --chat / chat=True.")
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        tokens = model.to_tokens(text, prepend_bos=False, truncate=False)
-    else:
-        text = prompt
-        tokens = model.to_tokens(text, truncate=False)
-    n_ctx = int(model.cfg.n_ctx)
-    if tokens.shape[-1] > n_ctx:
-        raise InputError(
-            f"The prompt is {tokens.shape[-1]} tokens long; this model's context holds {n_ctx}. "
-            "Shorten the prompt."
-        )
-    return text, tokens
 
 
 def generate(

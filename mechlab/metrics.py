@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechlab.errors import InputError
+from mechlab.tokens import require_tokenizer, single_token
 
 AnyLogits: TypeAlias = Float[Tensor, "*variants batch pos d_vocab"]
 Scores: TypeAlias = Float[Tensor, "*variants batch"]
@@ -64,26 +65,10 @@ def answer_ids(model: Any, answers: str | Sequence[str]) -> int | Int[Tensor, " 
         InputError: the model has no tokenizer, or an answer is not exactly one token (the error
             shows how it splits).
     """
-    if getattr(model, "tokenizer", None) is None:
-        raise InputError(
-            "This model has no tokenizer (toy models take token ids): pass answer token ids, "
-            "e.g. LogitDiff(7, 9)."
-        )
+    require_tokenizer(model, "pass answer token ids, e.g. LogitDiff(7, 9).")
     if isinstance(answers, str):
-        return _single_token(model, answers)
-    return torch.tensor([_single_token(model, text) for text in answers])
-
-
-def _single_token(model: Any, text: str) -> int:
-    ids = model.to_tokens(text, prepend_bos=False).flatten()
-    if ids.numel() != 1:
-        pieces = [model.to_string(i) for i in ids.tolist()]
-        raise InputError(
-            f"{text!r} is not one token for this model (it splits into {pieces}); a metric compares "
-            "the logits of single tokens. Use a word that is one token, usually with its leading "
-            "space (e.g. ' Mary'), or pass token ids."
-        )
-    return int(ids[0])
+        return single_token(model, answers, what="answer")
+    return torch.tensor([single_token(model, text, what="answer") for text in answers])
 
 
 def _show(answer: AnswerIds) -> str:

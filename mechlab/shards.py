@@ -32,6 +32,7 @@ from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, InputError
 from mechlab.files import atomic_write
 from mechlab.progress import Progress
 from mechlab.sites import PATTERN_KINDS, Site, fit_pos
+from mechlab.tokens import require_tokenizer
 from mechlab.types import HookedModel
 
 FORMAT = "mechlab-capture/1"
@@ -69,8 +70,7 @@ def _fingerprint(model: HookedModel) -> str:
 
 def _row(model: HookedModel, item: Any) -> Tensor:
     if isinstance(item, str):
-        if getattr(model, "tokenizer", None) is None:
-            raise InputError("This model has no tokenizer: pass token ids instead of texts.")
+        require_tokenizer(model, "pass token ids instead of texts.")
         return model.to_tokens(item)[0]
     row = torch.as_tensor(item, dtype=torch.long)
     if row.ndim != 1 or len(row) == 0:

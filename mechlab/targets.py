@@ -11,14 +11,14 @@ A target token must be a *single* token. ``single_token`` turns text into its id
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal, cast, get_args
+from typing import Literal, cast, get_args
 
 import torch
 from torch import Tensor
 
-from mechlab.errors import MSG_NOT_ONE_TOKEN, InputError
-from mechlab.generation import encode_prompt
+from mechlab.errors import InputError
 from mechlab.metrics import AnswerLogit, AnswerLogProb, AnswerProb, LogitDiff
+from mechlab.tokens import single_token, token_text
 from mechlab.types import HookedModel, Tokens
 
 TargetKind = Literal["logit", "logprob", "prob"]
@@ -58,99 +58,6 @@ class Target:
 
 
 TargetSpec = Target | MetricFn | str | int
-
-
-def as_tokens(model: HookedModel, prompt: str | Tensor) -> Tokens:
-    """One prompt as ``[1, pos]`` token ids (a copy; text goes through the model's tokenizer).
-
-    Raises:
-        InputError: more than one prompt, an empty prompt, non-integer or out-of-vocabulary ids,
-            or a prompt longer than the model's context.
-    """
-    if isinstance(prompt, str):
-        return encode_prompt(model, prompt)[1]
-    if prompt.is_floating_point() or prompt.is_complex():
-        raise InputError(f"Expected integer token ids, got a {prompt.dtype} tensor.")
-    tokens = prompt.detach().clone()
-    if tokens.ndim == 1:
-        tokens = tokens.unsqueeze(0)
-    if tokens.ndim != 2 or tokens.shape[0] != 1 or tokens.shape[1] == 0:
-        raise InputError(
-            f"Expected one prompt as token ids of shape [pos] or [1, pos], got shape "
-            f"{tuple(prompt.shape)}. Explain one prompt at a time."
-        )
-    d_vocab, n_ctx = int(model.cfg.d_vocab), int(model.cfg.n_ctx)
-    if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
-        raise InputError(f"Token ids must lie in 0..{d_vocab - 1}; got {tokens.min()}..{tokens.max()}.")
-    if tokens.shape[1] > n_ctx:
-        raise InputError(
-            f"The prompt is {tokens.shape[1]} tokens long; this model's context holds {n_ctx}. "
-            "Shorten the prompt."
-        )
-    return tokens
-
-
-def token_text(model: HookedModel, token_id: int) -> str:
-    """The text of one token id (``#id`` for models without a tokenizer)."""
-    tokenizer = getattr(model, "tokenizer", None)
-    return f"#{token_id}" if tokenizer is None else str(tokenizer.decode([int(token_id)]))
-
-
-def str_tokens(model: HookedModel, tokens: Tensor) -> tuple[str, ...]:
-    """The text of each token of a ``[1, pos]`` or ``[pos]`` prompt."""
-    return tuple(token_text(model, int(t)) for t in tokens.reshape(-1).tolist())
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
-
-
-def _suggestions(tokenizer: Any, text: str, ids: list[int]) -> str:
-    lines = []
-    if ids:
-        first = tokenizer.decode([ids[0]])
-        lines.append(f"  {first!r}  (its first token; an answer's first token is the usual target)")
-    stripped = text.strip()
-    for variant in dict.fromkeys(
-        [" " + stripped, stripped, " " + stripped.capitalize(), " " + stripped.lower()]
-    ):
-        if variant != text and len(_encode(tokenizer, variant)) == 1:
-            lines.append(f"  {variant!r}  (a single token)")
-    if not lines:
-        return "Pick a shorter word, or attribute its first token."
-    return "Single-token alternatives:\n" + "\n".join(lines)
-
-
-def single_token(model: HookedModel, token: str | int, *, what: str = "target") -> int:
-    """The id of a single-token ``token`` (text or id).
-
-    Raises:
-        InputError: the text is not exactly one token (the message shows its tokenization and
-            single-token alternatives), the id is out of range, or a toy model got text.
-    """
-    d_vocab = int(model.cfg.d_vocab)
-    if isinstance(token, int):
-        if not 0 <= token < d_vocab:
-            raise InputError(f"The {what} token id {token} is outside the vocabulary 0..{d_vocab - 1}.")
-        return token
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise InputError(f"This model has no tokenizer; give the {what} as a token id (0..{d_vocab - 1}).")
-    if token == "":
-        raise InputError(f"The {what} is empty; give the next token to explain, e.g. ' Paris'.")
-    ids = _encode(tokenizer, token)
-    if len(ids) != 1:
-        pieces = "[" + ", ".join(repr(tokenizer.decode([i])) for i in ids) + "]"
-        raise InputError(
-            MSG_NOT_ONE_TOKEN.format(
-                what=what,
-                text=token,
-                n=len(ids),
-                pieces=pieces,
-                suggestions=_suggestions(tokenizer, token, ids),
-            )
-        )
-    return ids[0]
 
 
 def make_target(

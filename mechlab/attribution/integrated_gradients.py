@@ -57,16 +57,8 @@ from mechlab.attribution.quadrature import QUADRATURES, Quadrature
 from mechlab.attribution.result import Attribution
 from mechlab.errors import MSG_NO_PAD_TOKEN, MSG_ONE_TOKEN_KEPT, InputError
 from mechlab.sites import Site, validate
-from mechlab.targets import (
-    Target,
-    TargetSpec,
-    as_tokens,
-    prompt_target,
-    resolve_pos,
-    single_token,
-    str_tokens,
-    token_text,
-)
+from mechlab.targets import Target, TargetSpec, prompt_target, resolve_pos
+from mechlab.tokens import as_tokens, single_token, str_tokens, token_text
 from mechlab.types import HookedModel, Tokens
 
 Baseline = str | int | Tensor

@@ -14,7 +14,8 @@ from torch import Tensor
 from mechlab.attribution.integrated_gradients import DEFAULT_BATCH_SIZE, pad_token_id
 from mechlab.attribution.result import Attribution
 from mechlab.errors import InputError
-from mechlab.targets import TargetSpec, as_tokens, prompt_target, single_token, str_tokens
+from mechlab.targets import TargetSpec, prompt_target
+from mechlab.tokens import as_tokens, single_token, str_tokens
 from mechlab.types import HookedModel
 
 OcclusionMode = Literal["replace", "drop"]

@@ -1,49 +1,45 @@
 """The ``explain`` sub-command: one prompt in, one self-contained offline HTML report out.
 
-Registered into ``mechlab.cli`` by ``add_report_parser``; a thin layer over ``mechlab.explain``.
+A thin layer over ``mechlab.explain``; ``add_parsers`` adds it to ``mechlab.cli.build_parser``.
 """
 
 import argparse
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+import mechlab
 from mechlab.cli.common import Add, Handler, load
-from mechlab.errors import InputError
-
-if TYPE_CHECKING:
-    from mechlab.report.settings import ExplainSettings
-from mechlab.files import atomic_write
 
 
 def writable(path: Path, what: str) -> Path:
     """Fail before any work when ``path`` cannot be written (the report is written last)."""
     directory = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise InputError(f"--{what} {path} is a directory; give a file name such as {path / 'report.html'}.")
+        raise mechlab.InputError(
+            f"--{what} {path} is a directory; give a file name such as {path / 'report.html'}."
+        )
     if not directory.is_dir():
-        raise InputError(
+        raise mechlab.InputError(
             f"Cannot write --{what} {path}: directory {directory} does not exist. Create it first."
         )
     if not os.access(directory, os.W_OK):
-        raise InputError(
+        raise mechlab.InputError(
             f"Cannot write --{what} {path}: directory {directory} is not writable. Choose another path."
         )
     return path
 
 
-def settings_from(args: argparse.Namespace) -> "ExplainSettings":
-    from mechlab.report.settings import DEFAULT_DETECTORS, ExplainSettings
-
-    chosen = ",".join(DEFAULT_DETECTORS) if args.detectors is None else args.detectors
+def settings_from(args: argparse.Namespace) -> "mechlab.ExplainSettings":
+    chosen = ",".join(mechlab.ExplainSettings.detectors) if args.detectors is None else args.detectors
     detectors = () if args.no_detectors else tuple(d.strip() for d in chosen.split(",") if d.strip())
     try:
-        return ExplainSettings(
+        return mechlab.ExplainSettings(
             chat=args.chat,
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
@@ -57,33 +53,29 @@ def settings_from(args: argparse.Namespace) -> "ExplainSettings":
             verify=args.verify,
         )
     except ValueError as error:
-        raise InputError(str(error)) from error
+        raise mechlab.InputError(str(error)) from error
 
 
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.generation import check_prompt
-    from mechlab.report.explain import explain
-    from mechlab.report.settings import STAGES, ExplainProgress
-
     # Checks that need no model run before loading it; the prompt's length and --target/--contrast
     # need the tokenizer and are checked by explain() before it generates.
-    check_prompt(args.prompt)
+    mechlab.check_prompt(args.prompt)
     out = writable(Path(args.out), "out")
     summary_path = writable(Path(args.json), "json") if args.json else None
     settings = settings_from(args)
     loaded = load(args, console)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("explaining", total=len(STAGES))
+        task = bar.add_task("explaining", total=None)
 
-        def report(state: ExplainProgress) -> None:
-            bar.update(task, completed=state.done, description=state.stage)
+        def report(state: Any) -> None:  # mechlab.report.settings.ExplainProgress
+            bar.update(task, completed=state.done, total=state.total, description=state.stage)
 
-        explanation = explain(loaded, args.prompt, settings=settings, progress=report)
+        explanation = mechlab.explain(loaded, args.prompt, settings=settings, progress=report)
     path = explanation.save(out)
     summary = explanation.to_dict()
     if summary_path is not None:
-        atomic_write(summary_path, json.dumps(summary, indent=2, default=str))
+        mechlab.atomic_write(summary_path, json.dumps(summary, indent=2, default=str))
     chosen, contrast = explanation.target_names
     completion = explanation.completion
     console.print(f"[dim]{escape(completion.model_text)}[/][bold green]{escape(completion.text)}[/]")
@@ -152,7 +144,7 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--ig-steps", type=int, default=128, help="gradient evaluations IG may spend")
     p.add_argument(
         "--detectors",
-        help="comma-separated detectors to run (default: mechlab.report.settings.DEFAULT_DETECTORS)",
+        help="comma-separated detectors to run (default: those of mechlab.ExplainSettings)",
     )
     p.add_argument("--no-detectors", action="store_true", help="skip the detectors")
     p.add_argument(

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import mechlab
 from mechlab.cli.common import Add, Handler, load, progress
-from mechlab.errors import InputError
 
 
 def _int_list(text: str) -> list[int]:
@@ -33,31 +33,27 @@ def _bar(value: float, bound: float, width: int = 24) -> str:
 def _prediction(console: Console, model: Any, tokens: Any) -> None:
     import torch
 
-    from mechlab.targets import top_next_tokens
-
     with torch.no_grad():
-        logits = model(tokens)
-    top = ", ".join(f"{escape(repr(t))} {p:.2f}" for t, p in top_next_tokens(model, logits, 5))
+        top = ", ".join(
+            f"{escape(repr(a.text))} {a.prob:.2f}" for a in mechlab.next_token_alternatives(model, tokens, 5)
+        )
     console.print(f"The model's next-token prediction: {top}")
 
 
 def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.attribution.integrated_gradients import gradient_x_input, integrated_gradients
-    from mechlab.attribution.occlusion import occlusion
-    from mechlab.targets import as_tokens, make_target
 
     model = load(args, console).model
-    tokens = as_tokens(model, args.prompt)
-    target = make_target(model, args.target, contrast=args.contrast, kind=args.metric, pos=args.pos)
+    tokens = mechlab.as_tokens(model, args.prompt)
+    target = mechlab.make_target(model, args.target, contrast=args.contrast, kind=args.metric, pos=args.pos)
     _prediction(console, model, tokens)
     baseline: Any = int(args.baseline) if args.baseline.isdigit() else args.baseline
     with progress(console, f"Attributing {target.label}"):
         if args.method == "ig":
-            result = integrated_gradients(model, tokens, target, baseline=baseline, steps=args.steps)
+            result = mechlab.integrated_gradients(model, tokens, target, baseline=baseline, steps=args.steps)
         elif args.method == "gxi":
-            result = gradient_x_input(model, tokens, target, baseline=baseline)
+            result = mechlab.gradient_x_input(model, tokens, target, baseline=baseline)
         else:
-            result = occlusion(
+            result = mechlab.occlusion(
                 model, tokens, target, replacement=baseline if baseline not in ("zeros", "mean") else "."
             )
     bound = float(result.scores.abs().max())
@@ -85,16 +81,15 @@ def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_lens(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.readout.dla import direct_logit_attribution
-    from mechlab.readout.lens import logit_lens
-    from mechlab.targets import as_tokens
 
     model = load(args, console).model
-    tokens = as_tokens(model, args.prompt)
+    tokens = mechlab.as_tokens(model, args.prompt)
     targets = tuple(args.target) if args.target else None
     with progress(console, "Reading the residual stream"):
-        lens = logit_lens(model, tokens, pos=args.pos, targets=targets)
-        dla = direct_logit_attribution(model, tokens, lens.targets[0], contrast=args.contrast, pos=args.pos)
+        lens = mechlab.logit_lens(model, tokens, pos=args.pos, targets=targets)
+        dla = mechlab.direct_logit_attribution(
+            model, tokens, lens.targets[0], contrast=args.contrast, pos=args.pos
+        )
     table = Table(title=f"Logit lens at position {lens.pos} ({escape(repr(lens.str_tokens[lens.pos]))})")
     table.add_column("layer")
     table.add_column("top 3 (p)")
@@ -124,18 +119,20 @@ def cmd_lens(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_probe(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.probes.data import load_probe_dataset
-    from mechlab.probes.probes import ProbeConfig, train_probes
 
     try:
-        config = ProbeConfig(test_fraction=args.test_fraction, weight_decay=args.weight_decay, seed=args.seed)
+        config = mechlab.ProbeConfig(
+            test_fraction=args.test_fraction, weight_decay=args.weight_decay, seed=args.seed
+        )
     except ValueError as error:
-        raise InputError(str(error)) from error
-    dataset = load_probe_dataset(args.data)
+        raise mechlab.InputError(str(error)) from error
+    dataset = mechlab.load_probe_dataset(args.data)
     model = load(args, console).model
     layers = args.layers or None
     with progress(console, f"Caching activations and fitting probes ({dataset.summary()})"):
-        result = train_probes(model, dataset, args.site, layers, position=args.position, config=config)
+        result = mechlab.train_probes(
+            model, dataset, args.site, layers, position=args.position, config=config
+        )
     table = Table(title=escape(f"{dataset.summary()}; {args.site} at the {result.position} position"))
     for name in ("layer", "accuracy", "control", "selectivity"):
         table.add_column(name, justify="right")
@@ -157,10 +154,9 @@ def cmd_probe(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_attention(args: argparse.Namespace, console: Console) -> int:
-    from mechlab.readout.attention import attention_view
 
     model = load(args, console).model
-    view = attention_view(model, args.prompt, layers=args.layers or None, heads=args.heads or None)
+    view = mechlab.attention_view(model, args.prompt, layers=args.layers or None, heads=args.heads or None)
     console.print(f"{len(view.heads)} heads on {len(view.str_tokens)} tokens")
     if args.png:
         console.print(f"Wrote {escape(str(view.save_png(args.png)))}")

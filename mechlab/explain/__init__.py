@@ -20,7 +20,8 @@ from mechlab.probes.probes import ProbeConfig, ProbeResult, train_probes
 from mechlab.readout.attention import AttentionView, attention_view
 from mechlab.readout.dla import DirectLogitAttribution, direct_logit_attribution
 from mechlab.readout.lens import LogitLens, logit_lens
-from mechlab.targets import Target, as_tokens, make_target, single_token
+from mechlab.targets import Target, make_target
+from mechlab.tokens import as_tokens, single_token
 
 __all__ = [
     "AttentionView",

@@ -10,20 +10,19 @@ be ablated, so with an ablation the direction defaults to ``"noise"``; with a pr
 """
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Literal, TypeAlias, get_args
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from mechlab.errors import MSG_LENGTH_MISMATCH, InputError
+from mechlab.tokens import TokensLike, batch_tokens
 from mechlab.types import HookedModel, Tokens
 
 Direction = Literal["denoise", "noise"]
 DIRECTIONS: tuple[str, ...] = get_args(Direction)
 AblationKind = Literal["zero", "mean"]
-TokensLike: TypeAlias = Tensor | str | Sequence[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,33 +47,6 @@ class Ablation:
         if self.kind == "zero":
             return torch.zeros_like(act)
         return act.mean(dim=(0, pos_axis), keepdim=True).expand_as(act).clone()
-
-
-def as_tokens(model: HookedModel, prompt: TokensLike) -> Tokens:
-    """Token ids ``[batch, pos]`` from token ids (1-D or 2-D) or text (one prompt or a list)."""
-    if isinstance(prompt, Tensor):
-        if prompt.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            raise InputError(
-                f"Expected integer token ids, got a {prompt.dtype} tensor. Pass the ids from "
-                "model.to_tokens(text) (or the text itself), not embeddings or logits."
-            )
-        tokens = prompt.long()
-        if tokens.ndim == 1:
-            tokens = tokens.unsqueeze(0)
-        if tokens.ndim != 2:
-            raise InputError(f"Expected token ids [batch, pos] or [pos], got shape {tuple(prompt.shape)}.")
-        return tokens
-    if getattr(model, "tokenizer", None) is None:
-        raise InputError("This model has no tokenizer (toy models take token ids): pass a tensor of ids.")
-    texts = [prompt] if isinstance(prompt, str) else list(prompt)
-    rows = [model.to_tokens(text)[0] for text in texts]
-    lengths = {len(row) for row in rows}
-    if len(lengths) > 1:
-        raise InputError(
-            f"The prompts tokenize to different lengths {sorted(lengths)}; a batch needs one length. "
-            "Use prompts of the same template with single-token names, or run them separately."
-        )
-    return torch.stack(rows)
 
 
 def pos_labels(model: HookedModel, row: Tensor) -> list[str]:
@@ -104,7 +76,7 @@ def check_pair(model: HookedModel, clean: TokensLike, corrupted: TokensLike) -> 
     Raises:
         InputError: different shapes, with an aligned view of the tokens and how to fix it.
     """
-    clean_tokens, corrupted_tokens = as_tokens(model, clean), as_tokens(model, corrupted)
+    clean_tokens, corrupted_tokens = batch_tokens(model, clean), batch_tokens(model, corrupted)
     if clean_tokens.shape != corrupted_tokens.shape:
         raise InputError(
             MSG_LENGTH_MISMATCH.format(
@@ -143,7 +115,7 @@ def split_pair(
 ) -> tuple[Tokens, Tokens | None, Ablation | None, Direction]:
     """Tokens of both runs (``None`` for an ablation), checked for shape, and the direction to use."""
     if isinstance(corrupted, Ablation):
-        return as_tokens(model, clean), None, corrupted, check_direction(direction, True)
+        return batch_tokens(model, clean), None, corrupted, check_direction(direction, True)
     checked = check_direction(direction, False)
     clean_tokens, corrupted_tokens = check_pair(model, clean, corrupted)
     return clean_tokens, corrupted_tokens, None, checked

@@ -24,7 +24,8 @@ from mechlab.render.figures import lines
 from mechlab.render.page import Page
 from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, validate
-from mechlab.targets import TargetSpec, as_tokens, prompt_target, str_tokens
+from mechlab.targets import TargetSpec, prompt_target
+from mechlab.tokens import as_tokens, str_tokens
 from mechlab.types import HookedModel, Tokens
 
 DEFAULT_SCALES = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0)

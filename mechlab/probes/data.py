@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mechlab.errors import InputError
 from mechlab.sites import Site
+from mechlab.tokens import require_tokenizer
 from mechlab.types import HookedModel
 
 Position = Literal["last", "mean", "word"]
@@ -180,10 +181,11 @@ def collect_activations(
         raise InputError("position='word' needs a dataset with a word column; use 'last' or 'mean'.")
     if not sites:
         raise InputError("No layers to probe: pass layers=None (all) or a non-empty list of layers.")
-    if getattr(model, "tokenizer", None) is None and any(isinstance(t, str) for t in texts):
-        raise InputError(
-            "This model has no tokenizer, so it cannot read text: give the texts as token-id tensors "
-            "(collect_activations + fit_probes), or load a model with a tokenizer."
+    if any(isinstance(t, str) for t in texts):
+        require_tokenizer(
+            model,
+            "it cannot read text; give the texts as token-id tensors (collect_activations + "
+            "fit_probes), or load a model with a tokenizer.",
         )
     encoded = [t.reshape(-1) if isinstance(t, Tensor) else model.to_tokens(t)[0] for t in texts]
     where = [

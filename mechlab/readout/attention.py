@@ -27,7 +27,7 @@ from mechlab.render.figures import png_bytes
 from mechlab.render.page import Page
 from mechlab.render.tokens import plot_text, visible
 from mechlab.sites import Site, n_heads_for, validate
-from mechlab.targets import as_tokens, str_tokens
+from mechlab.tokens import as_tokens, str_tokens
 from mechlab.types import HookedModel, Tokens
 
 HeadSpec = Sequence[int] | Sequence[tuple[int, int]] | None

@@ -36,7 +36,8 @@ from mechlab.render.figures import heatmap
 from mechlab.render.page import Page
 from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, layer_sites
-from mechlab.targets import Target, as_tokens, make_target, resolve_pos, str_tokens
+from mechlab.targets import Target, make_target, resolve_pos
+from mechlab.tokens import as_tokens, str_tokens
 from mechlab.types import HeadScores, HookedModel, LayerScores, Tokens
 
 _NORMS = ("LN", "LNPre", "RMS", "RMSPre", None)

@@ -36,7 +36,8 @@ from mechlab.render.figures import lines
 from mechlab.render.page import Page
 from mechlab.render.tokens import plot_text
 from mechlab.sites import Site, layer_sites
-from mechlab.targets import as_tokens, resolve_pos, single_token, str_tokens, token_text
+from mechlab.targets import resolve_pos
+from mechlab.tokens import as_tokens, single_token, str_tokens, token_text
 from mechlab.types import HookedModel, Tokens
 
 

@@ -44,7 +44,8 @@ from mechlab.readout.lens import LogitLens, logit_lens
 from mechlab.report.manifest import cached_detectors, manifest
 from mechlab.report.settings import STAGES, ExplainProgress, ExplainSettings
 from mechlab.sites import Site
-from mechlab.targets import Target, make_target, single_token, token_text
+from mechlab.targets import Target, make_target
+from mechlab.tokens import single_token, token_text
 from mechlab.types import HookedModel, Tokens
 
 

@@ -7,7 +7,8 @@ import torch
 
 import mechlab
 from mechlab.errors import InputError
-from mechlab.generation import check_prompt, generate
+from mechlab.generation import generate
+from mechlab.tokens import check_prompt
 
 
 class _CharTokenizer:

@@ -1,3 +1,5 @@
+import types
+
 import pytest
 import torch
 
@@ -88,22 +90,28 @@ def test_position_metrics_narrow_to_the_one_position_they_read(pos: int) -> None
     assert not isinstance(lambda logits: logits[:, -1, 0], PositionMetric)
 
 
-class _WordModel:
-    """A stand-in for a model with a tokenizer: greedy longest match over a few pieces."""
+class _WordTokenizer:
+    """Greedy longest match over a few pieces, with the two tokenizer methods mechlab calls."""
 
-    tokenizer = "word pieces"
-    pieces = (" Mary", " John", " Mar", "anne", " Paris")
+    pieces = (" Mary", " John", " Mar", "anne", " Paris", "?")
 
-    def to_tokens(self, text: str, prepend_bos: bool = True) -> torch.Tensor:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         ids, i = [], 0
         while i < len(text):
-            piece = max((p for p in self.pieces if text.startswith(p, i)), key=len)
+            piece = max((p for p in self.pieces if text.startswith(p, i)), key=len, default="?")
             ids.append(self.pieces.index(piece))
-            i += len(piece)
-        return torch.tensor([ids])
+            i += len(piece)  # an unknown character is one "?" piece
+        return ids
 
-    def to_string(self, token: int) -> str:
-        return self.pieces[token]
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+class _WordModel:
+    """A stand-in for a model with a tokenizer."""
+
+    tokenizer = _WordTokenizer()
+    cfg = types.SimpleNamespace(d_vocab=len(_WordTokenizer.pieces))
 
 
 def test_answers_as_text_must_be_single_tokens() -> None:
@@ -113,7 +121,7 @@ def test_answers_as_text_must_be_single_tokens() -> None:
     metric = LogitDiff.from_text(model, [" Mary", " John"], " Paris", pos=-2)
     assert metric.answer.tolist() == [0, 1] and metric.wrong == 4 and metric.pos == -2
     with pytest.raises(
-        InputError, match=r"' Maryanne' is not one token .*\[' Mary', 'anne'\].*leading space"
+        InputError, match=r"' Maryanne' is not one token: .*\[' Mary', 'anne'\].*leading space"
     ):
         LogitDiff.from_text(model, " Maryanne", " John")
     with pytest.raises(InputError, match="no tokenizer"):

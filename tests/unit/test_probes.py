@@ -116,7 +116,9 @@ def test_probe_inputs_that_cannot_work_are_refused(tiny: mechlab.LoadedModel) ->
     data = ProbeDataset.from_lists(["a b", "c d", "e f", "g h"], ["x", "y", "x", "y"])
     with pytest.raises(mechlab.InputError, match="No layers to probe"):
         train_probes(tiny.model, data, layers=[])
-    with pytest.raises(mechlab.InputError, match="no tokenizer, so it cannot read text"):
+    with pytest.raises(
+        mechlab.InputError, match=r"no tokenizer \(toy models take token ids\): it cannot read text"
+    ):
         train_probes(tiny.model, data, layers=[0])
     features = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(0))
     with pytest.raises(mechlab.InputError, match="leave 1 for training"):

@@ -5,7 +5,8 @@ import torch
 
 import mechlab
 from mechlab.metrics import AnswerLogit
-from mechlab.targets import as_tokens, make_target, resolve_target, single_token
+from mechlab.targets import make_target, resolve_target
+from mechlab.tokens import as_tokens, single_token
 
 
 def test_targets_read_the_right_numbers(tiny: mechlab.LoadedModel, tokens: torch.Tensor) -> None:
