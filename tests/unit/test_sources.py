@@ -32,7 +32,7 @@ def write_gguf(path: Path, arch: str = "llama") -> Path:
 
 def test_unknown_scheme_lists_the_sources() -> None:
     with pytest.raises(
-        SourceError, match=r"(?s)Unknown scheme 'bogus': known schemes are gguf:.*ollama:NAME\[:TAG\]"
+        SourceError, match=r"(?s)Unknown scheme 'bogus': known schemes are .*gguf:.*ollama:NAME\[:TAG\]"
     ):
         mechlab.load_model("bogus:thing")
 

@@ -1,0 +1,54 @@
+"""``PATH.gguf`` / ``gguf:PATH``: a GGUF file (llama.cpp, LM Studio, an Ollama blob), converted once."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechlab.models import gguf, hf
+from mechlab.models.bridge import info_from, wrap_hf_model
+from mechlab.models.info import ModelInfo
+from mechlab.models.sources.base import Source, Status
+
+
+class GGUFSource(Source):
+    scheme = "gguf"
+    forms = ("PATH.gguf | gguf:PATH       a GGUF file (llama.cpp / LM Studio / Ollama blob)",)
+
+    def claims(self, text: str) -> bool:
+        return Path(text).expanduser().is_file()
+
+    def load(
+        self, target: str, *, source: str, device: str | torch.device, dtype: torch.dtype, status: Status
+    ) -> tuple[Any, ModelInfo]:
+        return load_gguf(source, Path(target), device=device, dtype=dtype, say=status)
+
+
+def load_gguf(
+    source: str, path: Path, *, device: Any, dtype: torch.dtype, say: Status
+) -> tuple[Any, ModelInfo]:
+    say(f"checking {path.name}")
+    converted, header, sha, was_cached = gguf.ensure_converted(path.expanduser(), status=say)
+    say("loading converted weights" if was_cached else "loading the new converted copy")
+    try:
+        hf_model, tokenizer = hf.load_dir(converted, dtype=torch.float32)
+    except Exception:
+        if not was_cached:  # transformers cannot read the copy it just wrote: later loads must not reuse it
+            gguf.discard_converted(converted)
+        raise
+    model = wrap_hf_model(hf_model, tokenizer, device=device, dtype=dtype, prepend_bos=header.add_bos)
+    info = info_from(
+        model,
+        source=source,
+        kind="gguf",
+        path=str(path),
+        sha256=sha,
+        architecture=type(model.original_model).__name__,
+        original_architecture=header.architecture,
+        quantization=header.quantization,
+        chat_template=getattr(tokenizer, "chat_template", None) or header.chat_template,
+        prepends_bos=bool(model.cfg.default_prepend_bos),
+        converted_cache=str(converted),
+        from_cache=was_cached,
+    )
+    return model, info
