@@ -5,7 +5,7 @@ import pytest
 
 import mechlab
 from mechlab.models.decoding import decode, stop_ids
-from tests.unit.test_decoding import argmax_loop
+from tests.unit.models.test_decoding import argmax_loop
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.drift]
 

@@ -9,7 +9,7 @@ import torch
 import mechlab
 from mechlab import CorruptModelError, Site
 from mechlab.models.bundled import bundled_gguf_path
-from tests.unit.test_sources import make_store
+from tests.unit.models.test_sources import make_store
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 

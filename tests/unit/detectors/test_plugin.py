@@ -11,7 +11,7 @@ import pytest
 import mechlab
 from mechlab import cli
 
-PLUGIN = Path(__file__).parents[2] / "examples" / "detector-plugin"
+PLUGIN = Path(__file__).parents[3] / "examples" / "detector-plugin"
 
 
 @pytest.fixture(scope="module")

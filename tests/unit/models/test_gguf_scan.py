@@ -8,7 +8,7 @@ import pytest
 
 import mechlab
 from mechlab.models.gguf_scan import HeaderError, scan
-from tests.unit.test_sources import write_gguf
+from tests.unit.models.test_sources import write_gguf
 
 
 def string(text: bytes) -> bytes:

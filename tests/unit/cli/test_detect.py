@@ -27,7 +27,7 @@ def test_detectors_shows_a_name_clash_and_keeps_the_rest(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mechlab.detectors.builtin import PreviousTokenDetector
-    from tests.unit.test_detectors import FakeDist, FakeEntryPoint
+    from tests.unit.detectors.test_detectors import FakeDist, FakeEntryPoint
 
     points = [
         FakeEntryPoint("induction", "a:I", FakeDist("pkg-a")),
