@@ -78,6 +78,11 @@ MSG_BUNDLED_MISSING = (
 
 MSG_UNKNOWN_SOURCE = "Cannot understand the model source {source!r}. {hint}\nExpected one of:\n{forms}"
 
+MSG_UNKNOWN_EXECUTOR = (
+    "No executor is registered as {name!r}. Installed executors: {available}. An executor is an entry "
+    "point in the group mechlab.executors (see mechlab.executors)."
+)
+
 MSG_DUPLICATE_SOURCE = (
     "Two installed packages provide the model source {name!r}: {first} and {second}. Uninstall one "
     "of them; until then {name!r} cannot be used (every other source still works)."

@@ -1,9 +1,11 @@
 """Progress reporting: one protocol for every long-running call.
 
-``patch``, ``path_patch`` and ``capture_dataset`` take ``progress=``, a callable that receives a state
-with ``done`` and ``total`` (``None`` when unknown) after each step: a batch of patched variants, or a
-batch of prompts written to disk. ``RichProgress`` draws a rich progress bar for any of them; the
-library itself never prints.
+Every long call takes ``progress=``, a callable that receives a state with ``done`` and ``total``
+(``None`` when unknown) after each step: a batch of patched variants (``patch``, ``path_patch``), a
+batch of prompts written to disk (``capture_dataset``), a batch of detector samples
+(``run_detectors``), a stage of the report (``explain``: ``ExplainProgress``, which also names the
+stage), a logged training step (``train_induction_toy``: ``TrainStep``, with the loss).
+``RichProgress`` draws a rich progress bar for any of them; the library itself never prints.
 
     >>> import mechlab, torch
     >>> model = mechlab.load_model("toy:tiny").model
@@ -32,6 +34,14 @@ class ProgressState(Protocol):
 
 
 Progress: TypeAlias = Callable[[ProgressState], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A plain progress state: ``done`` of ``total`` steps."""
+
+    done: int
+    total: int | None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,7 +72,7 @@ def cmd_detect(args: argparse.Namespace, console: Console) -> int:
             n_samples=args.samples,
             seq_len=args.seq_len,
             seed=args.seed,
-            progress=lambda done, total: bar.update(task, completed=done),
+            progress=lambda state: bar.update(task, completed=state.done),
         )
     settings = report.settings
     console.print(

@@ -34,10 +34,9 @@ from mechlab.detectors.inputs import (
 from mechlab.detectors.registry import DetectorRegistry, check_detector
 from mechlab.detectors.result import DetectorReport, DetectorResult
 from mechlab.errors import DetectorError, DetectorPluginError, InputError, MechlabError
+from mechlab.progress import Progress, Step
 from mechlab.sites import Site, validate
 from mechlab.types import HookedModel, Tokens
-
-Progress = Callable[[int, int], None]
 
 # A weight detector's exact score is compared with a 97.5% prediction bound from its null draws;
 # 8 draws give the bound 7 degrees of freedom (each draw of copying's null costs ~2.5 s on SmolLM2).
@@ -68,7 +67,7 @@ def run_detectors(
         batch_size: sequences per forward pass (at least 1).
         bos: first token of every sequence; default the tokenizer's BOS id (toy models: 0).
         registry: where names are looked up; default the installed entry points.
-        progress: called as ``progress(done, total)`` after each batch.
+        progress: called with a ``mechlab.progress.Step`` (``done``/``total`` samples) after each batch.
 
     Returns:
         A ``DetectorReport``: ``report["induction"].top(5)``; failed detectors in ``report.failures``.
@@ -249,7 +248,7 @@ def _sample_patterns(
         for run in runs:
             run.attempt(partial(run.score_patterns, model, cache, control, tokens), n_layers, n_heads)
         if progress is not None:
-            progress(done + size, n_samples)
+            progress(Step(done + size, n_samples))
 
 
 def _hook_names(model: HookedModel, runs: list[_Run]) -> list[str]:

@@ -31,6 +31,7 @@ import time
 from torch import Tensor
 
 from mechlab.activations import capture
+from mechlab.executors import Executor
 from mechlab.interventions.inputs import (
     Ablation,
     Direction,
@@ -66,6 +67,7 @@ def patch(
     direction: Direction | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
+    executor: Executor | str | None = None,
 ) -> PatchResult:
     """Patch each site (or group of sites) from one run into the other and score the result.
 
@@ -83,6 +85,7 @@ def patch(
         batch_size: rows (variants × prompts) per forward pass.
         progress: called with a ``SweepProgress`` (``done``/``total`` variants) after each batch
             of variants, e.g. ``mechlab.RichProgress()``.
+        executor: runs the batches of variants (``mechlab.executors``; default: in this process).
 
     Returns:
         A ``PatchResult`` on the sweep's grid with clean and corrupted baselines.
@@ -131,7 +134,7 @@ def patch(
     }
     values[sorted(idle)] = score.baseline(runner.logits).to(values)
     todo = [i for i in range(len(plan.variants)) if i not in idle]
-    run_chunks(values, todo, starts, batch_size, evaluate, progress)
+    run_chunks(values, todo, starts, batch_size, evaluate, progress, executor)
     return PatchResult.from_plan(
         plan,
         values,

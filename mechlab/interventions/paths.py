@@ -34,6 +34,7 @@ from torch import Tensor
 
 from mechlab.activations import Activations, capture
 from mechlab.errors import MSG_PATH_RECEIVER, MSG_PATH_SENDER, SiteError
+from mechlab.executors import Executor
 from mechlab.interventions.inputs import (
     Direction,
     TokensLike,
@@ -126,6 +127,7 @@ def path_patch(
     freeze_mlps: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
+    executor: Executor | str | None = None,
 ) -> PatchResult:
     """Patch each sender along the direct path to ``receivers`` only, and score the result.
 
@@ -175,7 +177,7 @@ def path_patch(
     assert source.logits is not None
     values = variant_values(plan, int(base_tokens.shape[0]))
     runs_of = _PathRuns(runner, plan, source, targets, last, freeze_mlps, score)
-    run_chunks(values, range(len(plan.variants)), starts, batch_size, runs_of, progress)
+    run_chunks(values, range(len(plan.variants)), starts, batch_size, runs_of, progress, executor)
     baselines = (score.baseline(runner.logits), score.baseline(source.logits))
     named = "logits" if targets is None else ", ".join(str(r) for r in targets)
     return PatchResult.from_plan(

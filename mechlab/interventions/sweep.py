@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mechlab.errors import SiteError
+from mechlab.executors import Executor, resolve_executor
 from mechlab.progress import Progress, SweepProgress
 from mechlab.sites import HEAD_KINDS, KINDS, Site, fit_pos, fit_site, n_heads_for, validate
 from mechlab.types import HookedModel
@@ -220,16 +221,30 @@ def run_chunks(
     batch_size: int,
     evaluate: Evaluate,
     progress: Progress | None,
+    executor: Executor | str | None = None,
 ) -> None:
     """Fill ``values[i]`` (``[batch]`` per variant) for the variants ``todo``, a batch of variants
-    at a time: ``evaluate(indices, start_layer) -> [len(indices), batch]`` (on any device)."""
+    at a time: ``evaluate(indices, start_layer) -> [len(indices), batch]`` (on any device).
+
+    Each batch is one task of ``executor`` (default: in this process, in order).
+    """
+    parts = [
+        [todo[i] for i in part]
+        for part in chunks([starts[i] for i in todo], int(values.shape[1]), batch_size)
+    ]
     done = len(values) - len(todo)
-    for part in chunks([starts[i] for i in todo], int(values.shape[1]), batch_size):
-        chunk = [todo[i] for i in part]
-        values[chunk] = evaluate(chunk, chunk_start(starts, chunk)).to(values)
-        done += len(chunk)
+
+    def work(chunk: list[int]) -> Tensor:
+        return evaluate(chunk, chunk_start(starts, chunk)).to("cpu")
+
+    def arrived(index: int, result: Tensor) -> None:
+        nonlocal done
+        values[parts[index]] = result.to(values)
+        done += len(parts[index])
         if progress is not None:
             progress(SweepProgress(done, len(values)))
+
+    resolve_executor(executor).map(work, parts, on_result=arrived)
 
 
 def variant_values(plan: Plan, batch: int) -> Tensor:

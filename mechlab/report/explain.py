@@ -38,6 +38,7 @@ from mechlab.metrics import LogitDiff
 from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel
 from mechlab.models.verify import VerifyReport
+from mechlab.progress import Progress
 from mechlab.readout.attention import AttentionView, attention_view
 from mechlab.readout.dla import DirectLogitAttribution, direct_logit_attribution
 from mechlab.readout.lens import LogitLens, logit_lens
@@ -130,9 +131,6 @@ class Explanation:
 
     def _repr_html_(self) -> str:
         return str(self.page()._repr_html_())
-
-
-Progress = Callable[[ExplainProgress], None]
 
 
 def _stage(progress: Progress | None, stage: str) -> None:

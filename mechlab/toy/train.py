@@ -18,7 +18,6 @@ from ``config.seed``. Nothing is printed; pass ``progress`` to observe it.
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from mechlab.files import atomic_write
 from mechlab.models import toy as toy_models
+from mechlab.progress import Progress
 from mechlab.toy.data import Layout, induction_batch
 
 TRAINING_FILE = "training.json"
@@ -81,11 +81,17 @@ class ToyTrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-    """Progress record: the step reached, the loss on the repeated part, seconds since the start."""
+    """Progress record: the step reached (of ``total``), the loss on the repeated part, seconds since
+    the start. A ``mechlab.progress.ProgressState`` (``done`` is ``step``)."""
 
     step: int
     loss: float
     seconds: float
+    total: int | None = None
+
+    @property
+    def done(self) -> int:
+        return self.step
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -119,7 +125,7 @@ def train_induction_toy(
     config: ToyTrainConfig | None = None,
     *,
     device: str | torch.device = "cpu",
-    progress: Callable[[TrainStep], None] | None = None,
+    progress: Progress | None = None,
     log_every: int = 25,
     cpu_threads: int | None = 1,
 ) -> TrainedToy:
@@ -158,7 +164,7 @@ def _train(
     config: ToyTrainConfig,
     *,
     device: str | torch.device,
-    progress: Callable[[TrainStep], None] | None,
+    progress: Progress | None,
     log_every: int,
 ) -> TrainedToy:
     model_config = config.model_config()
@@ -186,7 +192,9 @@ def _train(
         loss.backward()
         optimizer.step()
         if step % log_every == 0 or step == config.steps:
-            record = TrainStep(step, float(loss.detach()), round(time.perf_counter() - start, 3))
+            record = TrainStep(
+                step, float(loss.detach()), round(time.perf_counter() - start, 3), config.steps
+            )
             history.append(record)
             if progress is not None:
                 progress(record)

@@ -236,7 +236,7 @@ def test_result_summaries(attn_only: mechlab.LoadedModel, tmp_path: Path) -> Non
         ["induction", "copying"],
         n_samples=6,
         batch_size=4,
-        progress=lambda done, total: calls.append((done, total)),
+        progress=lambda state: calls.append((state.done, state.total)),
     )
     assert calls == [(4, 6), (6, 6)]
     induction, copying = report["induction"], report["copying"]
