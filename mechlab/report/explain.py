@@ -42,7 +42,8 @@ from mechlab.progress import Progress
 from mechlab.readout.attention import AttentionView, attention_view
 from mechlab.readout.dla import DirectLogitAttribution, direct_logit_attribution
 from mechlab.readout.lens import LogitLens, logit_lens
-from mechlab.report.manifest import cached_detectors, manifest
+from mechlab.report.detector_cache import cached_detectors
+from mechlab.report.manifest import manifest
 from mechlab.report.settings import STAGES, ExplainProgress, ExplainSettings
 from mechlab.sites import Site
 from mechlab.targets import Target, make_target
@@ -125,7 +126,7 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: the completion, the explained token and the main findings."""
-        from mechlab.report.page import summary_dict
+        from mechlab.report.summary import summary_dict
 
         return summary_dict(self)
 

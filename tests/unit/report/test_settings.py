@@ -62,21 +62,21 @@ def test_mechlab_explain_is_the_report_and_the_old_import_path_still_works(tiny)
 
 
 def test_detector_cache_key_follows_model_settings_and_detector_code(tmp_path: Path, monkeypatch) -> None:
-    from mechlab.report import manifest
+    from mechlab.report import detector_cache
 
     source = tmp_path / "induction.py"
     source.write_text("SCORE = 1\n")
-    monkeypatch.setattr(manifest, "_DETECTOR_SOURCES", [source])
-    key = manifest._key("abc", ["induction"], 8, 0)
-    assert key == manifest._key("abc", ["induction"], 8, 0)
-    assert key != manifest._key("abd", ["induction"], 8, 0)
-    assert key != manifest._key("abc", ["induction"], 8, 1)
+    monkeypatch.setattr(detector_cache, "_DETECTOR_SOURCES", [source])
+    key = detector_cache._key("abc", ["induction"], 8, 0)
+    assert key == detector_cache._key("abc", ["induction"], 8, 0)
+    assert key != detector_cache._key("abd", ["induction"], 8, 0)
+    assert key != detector_cache._key("abc", ["induction"], 8, 1)
     source.write_text("SCORE = 2\n")
-    assert key != manifest._key("abc", ["induction"], 8, 0)
+    assert key != detector_cache._key("abc", ["induction"], 8, 0)
 
 
 def test_detector_cache_key_follows_a_plugins_own_source(tmp_path: Path, monkeypatch) -> None:
-    from mechlab.report import manifest
+    from mechlab.report import detector_cache
 
     plugin = tmp_path / "mechlab_test_plugin_source.py"
     plugin.write_text(
@@ -92,10 +92,10 @@ def test_detector_cache_key_follows_a_plugins_own_source(tmp_path: Path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("mechlab_test_plugin_source")
     registry = DetectorRegistry.from_entry_points([]).with_detectors(module.Echo, provider="demo-plugin")
-    key = manifest._key("abc", ["echo"], 8, 0, registry)
-    assert key == manifest._key("abc", ["echo"], 8, 0, registry)
+    key = detector_cache._key("abc", ["echo"], 8, 0, registry)
+    assert key == detector_cache._key("abc", ["echo"], 8, 0, registry)
     plugin.write_text(plugin.read_text() + "# version 2\n")
-    assert key != manifest._key("abc", ["echo"], 8, 0, registry)
+    assert key != detector_cache._key("abc", ["echo"], 8, 0, registry)
 
 
 @pytest.mark.parametrize(
