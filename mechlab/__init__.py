@@ -104,7 +104,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "mechlab.report.settings": ("ExplainSettings",),
     "mechlab.generation": ("Completion", "generate", "next_token_alternatives"),
     "mechlab.tokens": ("as_tokens", "check_prompt", "encode_prompt", "single_token", "str_tokens"),
-    "mechlab.files": ("atomic_write",),
+    "mechlab.files": ("atomic_write", "check_targets", "replacing_read_only"),
     "mechlab.interventions.attribution_patching": (
         "Agreement",
         "agreement",

@@ -3,6 +3,12 @@
 ``atomic_write`` writes a file through a temporary file in the same directory and a rename;
 ``atomic_dir_sibling`` builds a file or directory beside its final place and renames it there. Reports,
 JSON summaries, capture shards, toy checkpoints and the conversion cache all write through these two.
+
+What a write would replace is checked first (``check_target``): it must be absent or a regular file.
+A directory, a device (``/dev/full``), a FIFO or a socket is refused before any work; a symbolic link
+is followed and its target written (the link stays a link to the new content); a read-only file is
+refused unless the caller says to replace it (``replacing_read_only()``: the CLI's ``--force``).
+``check_targets`` also refuses two outputs of one command that name the same file.
 """
 
 import os
@@ -11,6 +17,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from mechlab.errors import InputError
@@ -24,6 +31,94 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+_FORCE: ContextVar[bool] = ContextVar("mechlab_replace_read_only", default=False)
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+@contextmanager
+def replacing_read_only() -> Iterator[None]:
+    """Within this block, writes may replace read-only files (the CLI's ``--force``)."""
+    token = _FORCE.set(True)
+    try:
+        yield
+    finally:
+        _FORCE.reset(token)
+
+
+def check_target(path: Path, what: str = "output") -> Path:
+    """The file a write to ``path`` will replace, checked before any work: absent or a regular file.
+
+    A symbolic link is followed: its target is what gets written (the link is kept).
+
+    Raises:
+        InputError: a directory, device, FIFO or socket; a symbolic-link loop; a read-only file
+            (unless within ``replacing_read_only()``); a missing or unwritable directory.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            path = path.resolve(strict=False)
+        except (OSError, RuntimeError) as error:  # ELOOP: Python 3.11 raises RuntimeError
+            raise InputError(f"Cannot write {what} {path}: {error}. Point it at a file.") from error
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        status = None
+    except OSError as error:
+        raise InputError(f"Cannot write {what} {path}: {error.strerror}. Choose another path.") from error
+    if status is not None:
+        if stat.S_ISDIR(status.st_mode):
+            raise InputError(
+                f"{what} {path} is a directory; give a file name inside it, such as {path / 'report.html'}."
+            )
+        for test, kind in _KINDS:
+            if test(status.st_mode):
+                raise InputError(
+                    f"{what} {path} is {kind}, not a regular file; mechlab replaces only regular files. "
+                    "Choose a file path."
+                )
+        if not status.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) and not _FORCE.get():
+            raise InputError(
+                f"{what} {path} is read-only; mechlab does not replace it. Choose another path, make it "
+                "writable, or pass --force to replace it."
+            )
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise InputError(
+            f"Cannot write {what} {path}: directory {directory} does not exist. Create it first."
+        )
+    if not os.access(directory, os.W_OK):
+        raise InputError(
+            f"Cannot write {what} {path}: directory {directory} is not writable. Choose another path."
+        )
+    return path
+
+
+def check_targets(paths: dict[str, Path | None]) -> dict[str, Path]:
+    """``check_target`` for each named output (``None``: not asked for); two that name one file are
+    refused, so one cannot silently overwrite the other.
+
+    Raises:
+        InputError: as ``check_target``, or two outputs resolve to the same file.
+    """
+    checked = {what: check_target(path, what) for what, path in paths.items() if path is not None}
+    seen: dict[Path, str] = {}
+    for what, path in checked.items():
+        key = path.resolve()
+        if key in seen:
+            raise InputError(
+                f"{seen[key]} and {what} both name {path}: the second would overwrite the first. Give "
+                "each its own file."
+            )
+        seen[key] = what
+    return checked
+
+
 def atomic_write(path: Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
 
@@ -32,12 +127,11 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     existing file at ``path`` is replaced only once the new content is complete.
 
     Raises:
-        InputError: the directory does not exist or is not writable (nothing is left behind).
+        InputError: what is at ``path`` is not a regular file, is read-only, or the directory does
+            not exist or is not writable (``check_target``; nothing is left behind).
     """
-    path = Path(path)
+    path = check_target(Path(path))
     directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InputError(f"Cannot write {path}: directory {directory} does not exist. Create it first.")
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     except OSError as error:

@@ -10,6 +10,7 @@ such string is passed through ``rich.markup.escape`` before it is printed.
 import argparse
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from rich.console import Console
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["float32", "bfloat16", "float16"],
             help="parameter dtype (float32 matches the original most closely)",
         )
+        p.add_argument("--force", action="store_true", help="replace output files even if read-only")
         p.set_defaults(handler=HANDLERS[name])
         return p
 
@@ -99,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=False)
     try:
         handler: Handler = args.handler
-        return handler(args, console)
+        with mechlab.replacing_read_only() if getattr(args, "force", False) else nullcontext():
+            return handler(args, console)
     except mechlab.MechlabError as error:
         Console(stderr=True).print(
             f"[bold red]error:[/] {type(error).__name__}: {escape(str(error))}", highlight=False

@@ -2,7 +2,8 @@
 
 import argparse
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -31,3 +32,12 @@ def load(args: argparse.Namespace, console: Console) -> "mechlab.LoadedModel":
     cached = " (converted copy from cache)" if loaded.info.from_cache else ""
     console.print(f"Loaded {escape(args.source)} in {loaded.info.load_seconds:.1f} s{cached}")
     return loaded
+
+
+def outputs(args: argparse.Namespace, *flags: str) -> dict[str, Path]:
+    """The files a command will write (``--out``, ``--json``, …), checked before the model loads:
+    each absent or a regular file, writable (or ``--force``), and no two the same."""
+    named = {f"--{flag.replace('_', '-')}": getattr(args, flag, None) for flag in flags}
+    with mechlab.replacing_read_only() if getattr(args, "force", False) else nullcontext():
+        checked = mechlab.check_targets({k: None if v is None else Path(v) for k, v in named.items()})
+    return checked

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load
+from mechlab.cli.common import Add, Handler, load, outputs
 
 
 def _positive_int(text: str) -> int:
@@ -63,6 +63,7 @@ def detector_table(result: "mechlab.DetectorResult", top: int) -> Table:
 def cmd_detect(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import Progress
 
+    outputs(args, "html", "json")
     loaded = load(args, console)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("Scoring heads on repeated random tokens", total=args.samples)

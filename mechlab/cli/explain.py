@@ -5,8 +5,6 @@ A thin layer over ``mechlab.explain``; ``add_parsers`` adds it to ``mechlab.cli.
 
 import argparse
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,25 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load
-
-
-def writable(path: Path, what: str) -> Path:
-    """Fail before any work when ``path`` cannot be written (the report is written last)."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise mechlab.InputError(
-            f"--{what} {path} is a directory; give a file name such as {path / 'report.html'}."
-        )
-    if not directory.is_dir():
-        raise mechlab.InputError(
-            f"Cannot write --{what} {path}: directory {directory} does not exist. Create it first."
-        )
-    if not os.access(directory, os.W_OK):
-        raise mechlab.InputError(
-            f"Cannot write --{what} {path}: directory {directory} is not writable. Choose another path."
-        )
-    return path
+from mechlab.cli.common import Add, Handler, load, outputs
 
 
 def settings_from(args: argparse.Namespace) -> "mechlab.ExplainSettings":
@@ -60,8 +40,8 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     # Checks that need no model run before loading it; the prompt's length and --target/--contrast
     # need the tokenizer and are checked by explain() before it generates.
     mechlab.check_prompt(args.prompt)
-    out = writable(Path(args.out), "out")
-    summary_path = writable(Path(args.json), "json") if args.json else None
+    checked = outputs(args, "out", "json")
+    out, summary_path = checked["--out"], checked.get("--json")
     settings = settings_from(args)
     loaded = load(args, console)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn())

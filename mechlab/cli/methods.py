@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, progress
+from mechlab.cli.common import Add, Handler, load, outputs, progress
 
 
 def _int_list(text: str) -> list[int]:
@@ -41,6 +41,7 @@ def _prediction(console: Console, model: Any, tokens: Any) -> None:
 
 
 def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
+    outputs(args, "html")
 
     model = load(args, console).model
     tokens = mechlab.as_tokens(model, args.prompt)
@@ -81,6 +82,7 @@ def cmd_attribute(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_lens(args: argparse.Namespace, console: Console) -> int:
+    outputs(args, "html")
 
     model = load(args, console).model
     tokens = mechlab.as_tokens(model, args.prompt)
@@ -119,6 +121,7 @@ def cmd_lens(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_probe(args: argparse.Namespace, console: Console) -> int:
+    outputs(args, "html")
 
     try:
         config = mechlab.ProbeConfig(
@@ -154,6 +157,7 @@ def cmd_probe(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_attention(args: argparse.Namespace, console: Console) -> int:
+    outputs(args, "html", "png")
 
     model = load(args, console).model
     view = mechlab.attention_view(model, args.prompt, layers=args.layers or None, heads=args.heads or None)

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load
+from mechlab.cli.common import Add, Handler, load, outputs
 
 
 def _sites_arg(values: Sequence[str], per_position: bool) -> Any:
@@ -27,6 +27,7 @@ def _sites_arg(values: Sequence[str], per_position: bool) -> Any:
 
 
 def cmd_patch(args: argparse.Namespace, console: Console) -> int:
+    outputs(args, "plot")
     loaded = load(args, console)
     model = loaded.model
     metric = mechlab.LogitDiff.from_text(model, args.answer, args.wrong)

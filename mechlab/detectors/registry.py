@@ -113,7 +113,9 @@ class DetectorRegistry:
         entry = self.entry(name)
         try:
             cls = entry.loader()
-        except Exception as error:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # a plugin's SystemExit is its failure, not the program's
             raise DetectorPluginError(
                 f"Detector {name!r} from {entry} could not be loaded: {type(error).__name__}: "
                 f"{error}. Reinstall {entry.provider}, or uninstall it to silence this detector."
@@ -121,7 +123,9 @@ class DetectorRegistry:
         _check_class(cls, entry.target, entry.provider, expected_name=name)
         try:
             return cls()
-        except Exception as error:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # a plugin's SystemExit is its failure, not the program's
             raise DetectorPluginError(
                 f"Detector {name!r} from {entry} raised {type(error).__name__} while being created: "
                 f"{error}. Its class must be constructible with no arguments; report this to "

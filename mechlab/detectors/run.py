@@ -147,7 +147,9 @@ class _Run:
                     f"returned a chance level of shape {tuple(self.chances[-1].shape)}; expected "
                     f"[{self.scores[-1].shape[0]}] (one value per sequence)"
                 )
-        except Exception as error:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # a plugin's SystemExit is its failure, not the program's
             self.error = (
                 f"Detector {self.detector.name!r} ({type(self.detector).__module__}) raised "
                 f"{type(error).__name__} while scoring: {error}"

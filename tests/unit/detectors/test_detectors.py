@@ -157,6 +157,35 @@ def test_a_plugin_whose_constructor_raises_breaks_only_itself(attn_only: mechlab
     assert list(report) == ["previous-token"] and "needs a config" in report.failures["raises-on-create"]
 
 
+class ExitsOnCreate(PreviousTokenDetector):
+    name: ClassVar[str] = "exits-on-create"
+
+    def __init__(self) -> None:
+        raise SystemExit(3)
+
+
+class ExitsWhileScoring(PreviousTokenDetector):
+    name: ClassVar[str] = "exits-while-scoring"
+
+    def score(self, model: Any, cache: Any, tokens: torch.Tensor) -> torch.Tensor:
+        raise SystemExit("bye")
+
+
+def test_a_plugin_that_calls_sys_exit_is_a_plugin_failure(attn_only: mechlab.LoadedModel) -> None:
+    points = [
+        FakeEntryPoint("exits-on-create", "b:E", FakeDist("exit-pkg"), ExitsOnCreate),
+        FakeEntryPoint("exits-while-scoring", "b:S", FakeDist("exit-pkg"), ExitsWhileScoring),
+        FakeEntryPoint("previous-token", "x:P", FakeDist("mechlab"), PreviousTokenDetector),
+    ]
+    registry = DetectorRegistry.from_entry_points(points)
+    with pytest.raises(DetectorPluginError, match=r"raised SystemExit while being created: 3"):
+        registry.create("exits-on-create")
+    report = run_detectors(attn_only.model, None, n_samples=2, registry=registry)
+    assert list(report) == ["previous-token"]
+    assert "SystemExit" in report.failures["exits-on-create"]
+    assert "raised SystemExit while scoring: bye" in report.failures["exits-while-scoring"]
+
+
 def test_detector_classes_are_checked_when_defined() -> None:
     with pytest.raises(
         DetectorPluginError, match=r"NoDescription.*description is None.*see mechlab.Detector"

@@ -1,11 +1,9 @@
 import importlib
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-from mechlab.cli.explain import writable
 from mechlab.detectors import DetectorRegistry
 from mechlab.errors import InputError
 from mechlab.report.settings import ExplainSettings
@@ -31,17 +29,6 @@ def test_settings_out_of_range(changes: dict[str, object]) -> None:
 def test_target_equal_to_contrast() -> None:
     with pytest.raises(ValueError, match="target and contrast are the same token"):
         ExplainSettings(target=" she", contrast=" she")
-
-
-def test_writable_refuses_missing_and_read_only_directories(tmp_path: Path, monkeypatch) -> None:
-    with pytest.raises(InputError, match=r"directory .*missing does not exist"):
-        writable(tmp_path / "missing" / "report.html", "out")
-    with pytest.raises(InputError, match="is a directory"):
-        writable(tmp_path, "out")
-    assert writable(tmp_path / "report.html", "out") == tmp_path / "report.html"
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a non-root user
-    with pytest.raises(InputError, match=r"is not writable\. Choose another path"):
-        writable(tmp_path / "report.html", "json")
 
 
 def test_mechlab_explain_is_the_report_and_the_old_import_path_still_works(tiny) -> None:
