@@ -11,10 +11,12 @@ refused unless the caller says to replace it (``replacing_read_only()``: the CLI
 ``check_targets`` also refuses two outputs of one command that name the same file.
 """
 
+import errno
 import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -38,6 +40,16 @@ _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
     (stat.S_ISSOCK, "a socket"),
 )
+
+
+def kind(path: Path) -> str:
+    """What is at ``path``, in words: "a regular file", "a directory", "a FIFO (named pipe)", …"""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 @contextmanager
@@ -96,6 +108,12 @@ def check_target(path: Path, what: str = "output") -> Path:
         raise InputError(
             f"Cannot write {what} {path}: directory {directory} is not writable. Choose another path."
         )
+    try:  # root passes os.access everywhere (/proc, read-only mounts): create and remove a file there
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
+    except OSError as error:
+        raise InputError(f"Cannot write {what} {path}: {error.strerror}. Choose another path.") from error
+    os.close(handle)
+    os.unlink(probe)
     return path
 
 
@@ -132,6 +150,7 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     """
     path = check_target(Path(path))
     directory = path.parent if str(path.parent) else Path(".")
+    remove_stale(directory, f".{path.name}.")
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     except OSError as error:
@@ -154,15 +173,49 @@ def atomic_dir_sibling(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it onto ``final``.
 
     Works for files and directories. On an exception the temporary path is removed and ``final``
-    is left as it was.
+    is left as it was. Two processes building the same directory both succeed: the first rename
+    wins and the other keeps its copy. Temporary siblings that a killed process left behind (same
+    name pattern, older than ``STALE_SECONDS``) are removed first.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final.parent, f".{final.name}.")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     target = tmp / "entry"
     try:
         yield target
         if not (target.is_dir() and final.is_dir()):
-            os.replace(target, final)
+            try:
+                os.replace(target, final)
+            except OSError as error:  # another process renamed its complete directory first
+                if not (error.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir()):
+                    raise
         # else: another process completed the same directory first; keep its copy.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# A temporary sibling older than this was left by a process that was killed (a conversion of an
+# 8B model takes minutes, not hours).
+STALE_SECONDS = 6 * 3600
+
+
+def remove_stale(directory: Path, prefix: str, max_age: float = STALE_SECONDS) -> list[Path]:
+    """Remove entries of ``directory`` named ``prefix*`` and untouched for ``max_age`` seconds."""
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        candidates = [p for p in directory.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if now - path.lstat().st_mtime < max_age:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+        except OSError:
+            continue  # another process removed or still uses it
+    return removed

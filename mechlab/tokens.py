@@ -172,11 +172,22 @@ def batch_tokens(model: HookedModel, prompt: TokensLike) -> Tokens:
         tokens = prompt.long()
         if tokens.ndim == 1:
             tokens = tokens.unsqueeze(0)
-        if tokens.ndim != 2:
-            raise InputError(f"Expected token ids [batch, pos] or [pos], got shape {tuple(prompt.shape)}.")
+        if tokens.ndim != 2 or 0 in tokens.shape:
+            raise InputError(
+                f"Expected token ids [batch, pos] or [pos] with at least one prompt of at least one "
+                f"token, got shape {tuple(prompt.shape)}."
+            )
+        d_vocab = int(model.cfg.d_vocab)
+        if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
+            raise InputError(
+                f"Token ids must lie in 0..{d_vocab - 1} (this model's vocabulary); got "
+                f"{int(tokens.min())}..{int(tokens.max())}."
+            )
         return tokens
     require_tokenizer(model, "pass a tensor of token ids.")
     texts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not texts:
+        raise InputError("No prompts: pass one prompt or a list of at least one.")
     rows = [model.to_tokens(text)[0] for text in texts]
     lengths = {len(row) for row in rows}
     if len(lengths) > 1:

@@ -95,9 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _undecodable(args: argparse.Namespace) -> str | None:
+    """The first argument that was not valid UTF-8 (Python keeps such bytes as lone surrogates)."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, str) and any("\udc80" <= ch <= "\udcff" for ch in item):
+                return name
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    bad = _undecodable(args)
+    if bad is not None:
+        parser.error(f"the {bad.upper()} argument is not valid UTF-8; pass text in UTF-8")
     console = Console(stderr=False)
     try:
         handler: Handler = args.handler

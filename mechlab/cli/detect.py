@@ -13,23 +13,12 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, outputs
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from mechlab.cli.common import Add, Handler, load, outputs, positive_int
 
 
 def _sample_count(text: str) -> int:
     """argparse type: an integer >= 2 (a 95% interval needs at least two independent batches)."""
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(
             f"expected at least 2 random sequences (the 95% interval needs two or more), got {value}"
@@ -154,10 +143,10 @@ def add_parsers(add: Add, sub: Any) -> None:
         metavar="NAME",
         help="a detector to run (repeatable; default: every installed one, see `mechlab detectors`)",
     )
-    p.add_argument("--top", type=_positive_int, default=10, help="heads shown per detector (default 10)")
+    p.add_argument("--top", type=positive_int, default=10, help="heads shown per detector (default 10)")
     p.add_argument("--samples", type=_sample_count, default=8, help="random sequences (default 8)")
     p.add_argument(
-        "--seq-len", type=_positive_int, default=None, help="random block length (default min(50, n_ctx/2))"
+        "--seq-len", type=positive_int, default=None, help="random block length (default min(50, n_ctx/2))"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--html", type=Path, metavar="FILE", help="also write an offline HTML report")
@@ -182,8 +171,10 @@ def add_parsers(add: Add, sub: Any) -> None:
     p.add_argument("out", metavar="OUT", type=Path, help="checkpoint directory to write")
     # Defaults are ToyTrainConfig's (read when training starts: building the parser imports no torch).
     p.add_argument("--layout", choices=("random", "fixed"), default="random")
-    p.add_argument("--steps", type=int, help="training steps (default: ToyTrainConfig.steps)")
-    p.add_argument("--batch-size", type=int, help="sequences per step (default: ToyTrainConfig.batch_size)")
+    p.add_argument("--steps", type=positive_int, help="training steps (default: ToyTrainConfig.steps)")
+    p.add_argument(
+        "--batch-size", type=positive_int, help="sequences per step (default: ToyTrainConfig.batch_size)"
+    )
     p.add_argument("--lr", type=float, help="learning rate (default: ToyTrainConfig.lr)")
     p.add_argument(
         "--weight-decay", type=float, help="AdamW weight decay (default: ToyTrainConfig.weight_decay)"

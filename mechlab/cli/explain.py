@@ -12,12 +12,23 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, outputs
+from mechlab.cli.common import (
+    Add,
+    Handler,
+    load,
+    non_negative_float,
+    non_negative_int,
+    outputs,
+    positive_int,
+)
 
 
 def settings_from(args: argparse.Namespace) -> "mechlab.ExplainSettings":
     chosen = ",".join(mechlab.ExplainSettings.detectors) if args.detectors is None else args.detectors
     detectors = () if args.no_detectors else tuple(d.strip() for d in chosen.split(",") if d.strip())
+    registry = mechlab.DetectorRegistry.from_entry_points()
+    for name in detectors:  # an unknown or clashing name is an error before the model loads
+        registry.entry(name)
     try:
         return mechlab.ExplainSettings(
             chat=args.chat,
@@ -112,16 +123,20 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--out", default="report.html", help="the HTML report to write (default report.html)")
     p.add_argument("--json", metavar="FILE", help="also write a JSON summary")
     p.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and the detectors' inputs")
-    p.add_argument("--step", type=int, default=0, help="which generated token to explain (0 = first)")
+    p.add_argument(
+        "--step", type=non_negative_int, default=0, help="which generated token to explain (0 = first)"
+    )
     p.add_argument(
         "--target", help="explain this token instead of the generated one (one token, e.g. ' she')"
     )
     p.add_argument("--contrast", help="compare against this token instead of the runner-up (e.g. ' he')")
-    p.add_argument("--top-heads", type=int, default=6, help="heads shown with attention views (default 6)")
-    p.add_argument("--ig-steps", type=int, default=128, help="gradient evaluations IG may spend")
+    p.add_argument(
+        "--top-heads", type=non_negative_int, default=6, help="heads shown with attention views (default 6)"
+    )
+    p.add_argument("--ig-steps", type=positive_int, default=128, help="gradient evaluations IG may spend")
     p.add_argument(
         "--detectors",
         help="comma-separated detectors to run (default: those of mechlab.ExplainSettings)",

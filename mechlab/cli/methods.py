@@ -12,17 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, outputs, progress
-
-
-def _int_list(text: str) -> list[int]:
-    """``"0,12,-1"`` → ``[0, 12, -1]`` (an argparse type: bad input is a usage error)."""
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 0,12,-1; got {text!r}"
-        ) from None
+from mechlab.cli.common import Add, Handler, int_list, load, outputs, positive_int, progress
 
 
 def _bar(value: float, bound: float, width: int = 24) -> str:
@@ -191,7 +181,7 @@ def add_parsers(add: Add) -> None:
         default=".",
         help="IG/gxi baseline: a token ('.' default), a token id, pad, mean or zeros",
     )
-    p.add_argument("--steps", type=int, default=128, help="gradient evaluations IG may spend")
+    p.add_argument("--steps", type=positive_int, default=128, help="gradient evaluations IG may spend")
     p.add_argument("--pos", type=int, default=-1, help="output position to explain (default: last)")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
 
@@ -205,7 +195,7 @@ def add_parsers(add: Add) -> None:
     p = add("probe", "Train a linear probe per layer on labelled texts, with a control task.")
     p.add_argument("data", metavar="DATA", help="CSV/JSONL with text,label[,word], or sentiment / number")
     p.add_argument("--site", default="resid_post", help="activation kind (default resid_post)")
-    p.add_argument("--layers", type=_int_list, help="comma-separated layers (default: all)")
+    p.add_argument("--layers", type=int_list, help="comma-separated layers (default: all)")
     p.add_argument("--position", choices=["last", "mean", "word"], default="last", help="default: last")
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--weight-decay", type=float, default=0.1, help="L2 penalty (standardised features)")
@@ -214,7 +204,7 @@ def add_parsers(add: Add) -> None:
 
     p = add("attention", "Write an offline HTML page (and PNG) of attention patterns.")
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--layers", type=_int_list, help="comma-separated layers (default: all)")
-    p.add_argument("--heads", type=_int_list, help="comma-separated heads in each layer (default: all)")
+    p.add_argument("--layers", type=int_list, help="comma-separated layers (default: all)")
+    p.add_argument("--heads", type=int_list, help="comma-separated heads in each layer (default: all)")
     p.add_argument("--html", metavar="FILE", required=True)
     p.add_argument("--png", metavar="FILE", help="also a static heatmap grid")

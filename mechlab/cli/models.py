@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, progress
+from mechlab.cli.common import Add, Handler, load, non_negative_float, positive_int, progress
 
 
 def info_table(info: "mechlab.ModelInfo") -> Table:
@@ -95,16 +95,18 @@ def add_parsers(add: Add) -> None:
     p = add("generate", "Generate a completion and show each token's probability and alternatives.")
     p.add_argument("prompt", metavar="PROMPT", help="the text to continue")
     p.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling (temperature > 0)")
-    p.add_argument("--top-k", type=int, default=5, help="alternatives shown per token")
+    p.add_argument("--top-k", type=positive_int, default=5, help="alternatives shown per token")
 
     p = add(
         "verify",
         "Check the hooked model against an independent transformers reference "
         "(exit code 1 if they disagree beyond tolerance).",
     )
-    p.add_argument("--max-new-tokens", type=int, default=12, help="greedy tokens compared per prompt")
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=12, help="greedy tokens compared per prompt"
+    )
     p.add_argument("--tolerance", type=float, default=None, help="max |Δ log-prob| allowed (float32: 1e-4)")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, outputs
+from mechlab.cli.common import Add, Handler, load, outputs, positive_int
 
 
 def _sites_arg(values: Sequence[str], per_position: bool) -> Any:
@@ -103,7 +103,7 @@ def add_parsers(add: Add) -> None:
         default="activation",
         help="activation patching, or its gradient estimate (AtP: 2 forwards + 1 backward)",
     )
-    p.add_argument("--top", type=int, default=10, help="rows in the table")
+    p.add_argument("--top", type=positive_int, default=10, help="rows in the table")
     p.add_argument("--plot", metavar="PNG", help="save the heatmap")
     p.add_argument("--json", action="store_true", help="print every cell as JSON instead")
 
@@ -113,4 +113,4 @@ def add_parsers(add: Add) -> None:
         "--sites", nargs="+", required=True, help="sites or kinds, e.g. resid_post.20 z.23.3 mlp_out"
     )
     p.add_argument("--out", required=True, help="output directory (an interrupted run there resumes)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)

@@ -14,7 +14,7 @@ from typing import TypeAlias
 import torch
 from torch import Tensor
 
-from mechlab.errors import SiteError
+from mechlab.errors import InputError, SiteError
 from mechlab.executors import Executor, resolve_executor
 from mechlab.progress import Progress, SweepProgress
 from mechlab.sites import HEAD_KINDS, KINDS, Site, fit_pos, fit_site, n_heads_for, validate
@@ -68,17 +68,17 @@ class Sweep:
             chosen = getattr(self, name)
             if chosen is not None:
                 if len(chosen) == 0:
-                    raise ValueError(
+                    raise InputError(
                         f"Sweep({self.kind!r}, {name}=()) selects nothing: pass at least one, or "
                         f"leave {name}=None to sweep all."
                     )
                 object.__setattr__(self, name, tuple(int(x) for x in chosen))
         if self.kind == "embed" and (self.layers is not None or self.heads is not None):
-            raise ValueError("'embed' has no layers or heads; use Sweep('embed', per_position=True).")
+            raise InputError("'embed' has no layers or heads; use Sweep('embed', per_position=True).")
         if self.heads is not None and self.kind not in HEAD_KINDS:
-            raise ValueError(f"{self.kind!r} has no heads; drop heads={self.heads}.")
+            raise InputError(f"{self.kind!r} has no heads; drop heads={self.heads}.")
         if self.positions is not None and not self.per_position:
-            raise ValueError("positions= only applies with per_position=True.")
+            raise InputError("positions= only applies with per_position=True.")
 
 
 VariantSpec: TypeAlias = Site | Sequence[Site]

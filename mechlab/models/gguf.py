@@ -31,7 +31,7 @@ from mechlab.errors import (
     ModelNotFoundError,
     UnsupportedArchitectureError,
 )
-from mechlab.files import atomic_dir_sibling
+from mechlab.files import atomic_dir_sibling, kind
 from mechlab.models import gguf_scan
 from mechlab.models.cache import converted_dir, file_sha256
 from mechlab.models.hf import quiet_transformers
@@ -113,12 +113,22 @@ def _field(reader: Any, key: str) -> Any:
 def _check_magic(path: Path) -> int:
     """Raise unless ``path`` is an existing file starting with the GGUF magic; return its size."""
     if not path.is_file():
+        if path.exists():
+            raise ModelNotFoundError(
+                f"{path} is {kind(path)}, not a file. Pass the path of the .gguf file your runtime loads."
+            )
         raise ModelNotFoundError(
             f"GGUF file {path} does not exist. Pass the path of the .gguf file your runtime loads "
             "(llama.cpp: the -m argument; Ollama: use ollama:NAME instead)."
         )
-    with path.open("rb") as handle:
-        magic = handle.read(4)
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as error:
+        raise ModelNotFoundError(
+            f"GGUF file {path} cannot be read: {error.strerror}. Check its permissions (the user running "
+            "mechlab needs read access), or copy it somewhere readable."
+        ) from error
     if magic != GGUF_MAGIC:
         raise CorruptModelError(MSG_NOT_GGUF.format(path=path, magic=magic))
     return path.stat().st_size
@@ -166,6 +176,8 @@ def check_supported(header: GGUFHeader) -> None:
     Runs before the conversion, so it costs no dequantization and writes nothing to the cache.
     """
     arch = header.architecture
+    if len(arch) > 64:  # a name this long is not an architecture: show its start only
+        arch = arch[:64] + f"… ({len(header.architecture):,} characters)"
     supported = ", ".join(supported_architectures())
     if arch not in convertible_architectures() and model_type(arch) not in convertible_architectures():
         raise UnsupportedArchitectureError(

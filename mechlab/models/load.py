@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from mechlab.errors import InputError
 from mechlab.models.info import ModelInfo
 from mechlab.models.sources import Resolved, SourceRegistry
 
@@ -64,6 +65,7 @@ def load_model(
         UnsupportedArchitectureError — each saying what was wrong and what to do.
     """
     start = time.perf_counter()
+    device = check_device(device)
     registry = sources or default_sources()
     scheme, target = registry.resolve(source)
     model, info = registry.get(scheme).load(
@@ -71,6 +73,31 @@ def load_model(
     )
     info = dataclasses.replace(info, load_seconds=round(time.perf_counter() - start, 3))
     return LoadedModel(model, getattr(model, "tokenizer", None), info)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has.
+
+    Raises:
+        InputError: not a device name, or a CUDA / MPS device this machine does not have.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError(f"{device!r} is not a device: expected cpu, cuda, cuda:N or mps.") from error
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(
+                f"{device!r}: this machine has no CUDA device (or torch was built without CUDA). Use cpu."
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(
+                f"{device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}."
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{device!r}: MPS (Apple GPUs) is not available on this machine. Use cpu.")
+    return parsed
 
 
 def default_sources() -> SourceRegistry:

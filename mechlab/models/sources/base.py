@@ -18,6 +18,7 @@ from mechlab.errors import (
     SourceError,
     SourcePluginError,
 )
+from mechlab.files import kind
 from mechlab.models.info import ModelInfo
 from mechlab.registry import Entry, EntryPointLike, scan
 
@@ -209,6 +210,11 @@ def missing(source: str, path: Path) -> ModelNotFoundError:
         pass
     except (OSError, RuntimeError) as error:  # ELOOP: Python 3.11 raises RuntimeError, 3.13 OSError
         return ModelNotFoundError(MSG_SYMLINK_LOOP.format(source=source, path=path, error=error))
+    else:  # something is there that no source takes (a FIFO, a device)
+        return ModelNotFoundError(
+            f"{source!r} is {kind(path)}, not a file. Pass the path of the .gguf file your runtime loads, "
+            "or a Hugging Face directory."
+        )
     return ModelNotFoundError(MSG_PATH_MISSING.format(source=source, resolved=path.resolve()))
 
 
