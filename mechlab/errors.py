@@ -187,6 +187,10 @@ class CaptureStoreError(MechlabError, ValueError):
     """A capture directory on disk does not match the run that tries to resume or read it."""
 
 
+class CorruptCaptureError(CaptureStoreError):
+    """A capture's manifest or one of its shards is damaged: missing, truncated, or not what was written."""
+
+
 MSG_MEMORY_LIMIT = (
     "Caching {n_sites} site(s) for tokens of shape {shape} needs about {needed}, above the limit of "
     "{limit} ({largest}).\nCache fewer sites (one head is Site('z', 3, 5), one position "

@@ -10,6 +10,11 @@ that are complete, so an interruption at any moment leaves a directory that ``ca
 resumes: it skips the recorded batches (checking that the inputs still hash the same), rewrites
 any shard left behind by the interruption, and continues. No batch is written twice or lost.
 
+Every shard's size, modification time and sha256 are recorded in the manifest. A resumed run checks
+each shard it skips (size and modification time; the full sha256 with ``verify_shards=True``) and
+rewrites one that is missing or changed; reading a capture back checks every shard's sha256 and
+the hash of its tokens, and raises ``CorruptCaptureError`` naming the shard.
+
 Prompts of different lengths are right-padded within a batch (``lengths`` says where each ends);
 in a causal model padding on the right does not change the activations of the real positions. A
 site with a position is read at that position of each prompt (``resid_post.20@-1`` is every
@@ -19,7 +24,7 @@ prompt's own last token, not the padding).
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,7 @@ from jaxtyping import Shaped
 from torch import Tensor
 
 from mechlab.activations import SitesSpec, capture, resolve_sites
-from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, InputError
+from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, CorruptCaptureError, InputError
 from mechlab.files import atomic_write
 from mechlab.progress import Progress
 from mechlab.sites import PATTERN_KINDS, Site, fit_pos
@@ -130,11 +135,14 @@ class CaptureDataset:
         return sum(int(s["rows"]) for s in self.manifest["shards"])
 
     def shards(self) -> Iterator[dict[str, Tensor]]:
-        """Each shard's tensors in order (``tokens``, ``lengths``, one key per site), one at a time."""
-        from safetensors.torch import load_file
+        """Each shard's tensors in order (``tokens``, ``lengths``, one key per site), one at a time,
+        each checked against the manifest.
 
+        Raises:
+            CorruptCaptureError: a shard is missing, or its bytes or tokens are not what was written.
+        """
         for shard in self.manifest["shards"]:
-            yield load_file(str(self.directory / shard["file"]))
+            yield _load_shard(self.directory, shard)
 
     def stack(self, site: str) -> Shaped[Tensor, "rows ..."]:
         """All rows of one site (or ``tokens``/``lengths``) in one tensor, right-padded with zeros to
@@ -167,15 +175,84 @@ def _pad_to(part: Tensor, sizes: dict[int, int]) -> Tensor:
 
 
 def read_capture(out_dir: str | Path) -> CaptureDataset:
-    """Open a directory written by ``capture_dataset``."""
+    """Open a directory written by ``capture_dataset`` (its shards are checked as they are read).
+
+    Raises:
+        CaptureStoreError: no manifest there; CorruptCaptureError: a manifest that is not one.
+    """
     directory = Path(out_dir)
     path = directory / MANIFEST
     if not path.is_file():
         raise CaptureStoreError(f"{directory} has no {MANIFEST}: it was not written by capture_dataset.")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise CaptureStoreError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CorruptCaptureError(
+            f"{path} is not a readable capture manifest ({type(error).__name__}: {error}). Delete the "
+            "directory and capture again, or restore the manifest."
+        ) from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CaptureStoreError(f"{path} has format {found!r}, expected {FORMAT!r}.")
+    if not isinstance(manifest.get("shards"), list):
+        raise CorruptCaptureError(f"{path} lists no shards. Delete the directory and capture again.")
     return CaptureDataset(directory, manifest)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shard_problem(directory: Path, shard: dict[str, Any], *, full: bool) -> str | None:
+    """Why a recorded shard is not what was written (``None``: it is): missing, another size, or (when
+    its modification time moved, or ``full``) another sha256."""
+    path = directory / str(shard.get("file", ""))
+    if not path.is_file():
+        return f"{path.name} is missing"
+    status = path.stat()
+    if "sha256" not in shard:
+        return None  # written before checksums were recorded: its tokens are checked when read
+    if status.st_size != shard.get("bytes"):
+        return f"{path.name} has {status.st_size:,} bytes, {shard.get('bytes'):,} were written"
+    if full or status.st_mtime_ns != shard.get("mtime_ns"):
+        if _file_sha256(path) != shard["sha256"]:
+            return f"{path.name} does not hold the bytes that were written (sha256 differs)"
+    return None
+
+
+def _load_shard(directory: Path, shard: dict[str, Any]) -> dict[str, Tensor]:
+    """A recorded shard's tensors, its bytes and tokens checked against the manifest."""
+    from safetensors.torch import load
+
+    path = directory / str(shard["file"])
+    fix = "Run capture_dataset again with the same inputs: it rewrites damaged shards."
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CorruptCaptureError(
+            f"Capture {directory}: {path.name} cannot be read ({error.strerror}). {fix}"
+        ) from error
+    if "sha256" in shard and hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise CorruptCaptureError(
+            f"Capture {directory}: {path.name} does not hold the bytes that were written "
+            f"({len(data):,} bytes, sha256 differs). {fix}"
+        )
+    try:
+        tensors = load(data)
+        digest = _digest(tensors["tokens"], tensors["lengths"])
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise CorruptCaptureError(
+            f"Capture {directory}: {path.name} cannot be read ({error}). {fix}"
+        ) from error
+    if digest != shard.get("tokens_sha256"):
+        raise CorruptCaptureError(
+            f"Capture {directory}: {path.name} holds other tokens than were written. {fix}"
+        )
+    return tensors
 
 
 def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +277,7 @@ def capture_dataset(
     dtype: torch.dtype | None = None,
     pad_id: int = 0,
     progress: Progress | None = None,
+    verify_shards: bool = False,
 ) -> CaptureDataset:
     """Capture ``sites`` for every input, streaming batches to safetensors shards in ``out_dir``.
 
@@ -213,12 +291,15 @@ def capture_dataset(
         pad_id: token id used to right-pad shorter prompts.
         progress: called with a ``CaptureProgress`` (``done``/``total`` batches) after every batch,
             e.g. ``mechlab.RichProgress()``.
+        verify_shards: when resuming, hash every recorded shard (default: only those whose size or
+            modification time changed); a damaged shard is rewritten either way.
 
     Returns:
         The finished ``CaptureDataset``.
 
     Raises:
-        CaptureStoreError: ``out_dir`` holds a capture of another model, sites, batch size or input.
+        CaptureStoreError: ``out_dir`` holds a capture of another model, sites, batch size or input,
+            or the disk filled up (what was written is kept: run again to resume).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be ≥ 1, got {batch_size}.")
@@ -235,6 +316,10 @@ def capture_dataset(
     }
     manifest = _start(directory, settings)
     done = list(manifest["shards"])
+
+    def write(index: int, tokens: Tensor, lengths: Tensor, digest: str) -> dict[str, Any]:
+        return _write_shard(model, directory, index, tokens, lengths, wanted, dtype, digest)
+
     resumed, total = len(done), _total(inputs, batch_size)
     rows = sum(int(s["rows"]) for s in done)
     seen = 0
@@ -246,18 +331,36 @@ def capture_dataset(
             if done[index]["tokens_sha256"] != digest:
                 what = f"batch {index} has different tokens than when it was written"
                 raise CaptureStoreError(MSG_CAPTURE_MISMATCH.format(out_dir=directory, what=what))
+            if shard_problem(directory, done[index], full=verify_shards) is None:
+                continue
+            done[index] = _guarded(directory, f"shard {index}", write, index, tokens, lengths, digest)
+            _guarded(directory, MANIFEST, _save, directory, {**manifest, "shards": done, "complete": False})
             continue
-        done.append(_write_shard(model, directory, index, tokens, lengths, wanted, dtype, digest))
+        done.append(_guarded(directory, f"shard {index}", write, index, tokens, lengths, digest))
         rows += len(batch)
-        _save(directory, {**manifest, "shards": done, "complete": False})
+        _guarded(directory, MANIFEST, _save, directory, {**manifest, "shards": done, "complete": False})
         if progress is not None:
             progress(CaptureProgress(len(done), rows, total, resumed))
     if seen < len(done):
         what = f"it holds {len(done)} batches but these inputs make only {seen}"
         raise CaptureStoreError(MSG_CAPTURE_MISMATCH.format(out_dir=directory, what=what))
     manifest = {**manifest, "shards": done, "complete": True, "rows": rows}
-    _save(directory, manifest)
+    _guarded(directory, MANIFEST, _save, directory, manifest)
     return CaptureDataset(directory, manifest)
+
+
+MSG_DISK = (
+    "Capture {directory}: writing {what} failed ({error}). Everything recorded before it is kept; free "
+    "space (or fix the directory) and run capture_dataset again with the same inputs to resume."
+)
+
+
+def _guarded(directory: Path, what: str, write: Callable[..., Any], *args: Any) -> Any:
+    """``write(*args)``, with an ``OSError`` (a full disk) turned into a ``CaptureStoreError``."""
+    try:
+        return write(*args)
+    except OSError as error:
+        raise CaptureStoreError(MSG_DISK.format(directory=directory, what=what, error=error)) from error
 
 
 def _write_shard(
@@ -279,8 +382,17 @@ def _write_shard(
         value = acts[site] if site.pos is None else _per_prompt(acts[site.whole], site, lengths, index)
         tensors[str(site)] = (value if dtype is None else value.to(dtype)).cpu().contiguous()
     name = f"shard-{index:06d}.safetensors"
-    atomic_write(directory / name, save(tensors))
-    return {"file": name, "index": index, "rows": int(tokens.shape[0]), "tokens_sha256": digest}
+    data = save(tensors)
+    path = atomic_write(directory / name, data)
+    return {
+        "file": name,
+        "index": index,
+        "rows": int(tokens.shape[0]),
+        "tokens_sha256": digest,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "mtime_ns": path.stat().st_mtime_ns,
+    }
 
 
 def _per_prompt(whole: Tensor, site: Site, lengths: Tensor, batch_index: int) -> Tensor:

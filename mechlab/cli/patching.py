@@ -66,7 +66,13 @@ def cmd_capture(args: argparse.Namespace, console: Console) -> int:
     with path.open(encoding="utf-8") as lines, mechlab.RichProgress("Capturing") as progress:
         prompts = (line.rstrip("\n") for line in lines if line.strip())
         dataset = mechlab.capture_dataset(
-            loaded.model, prompts, args.sites, args.out, batch_size=args.batch_size, progress=progress
+            loaded.model,
+            prompts,
+            args.sites,
+            args.out,
+            batch_size=args.batch_size,
+            progress=progress,
+            verify_shards=args.verify_shards,
         )
     shards = len(dataset.manifest["shards"])
     where = f"sites {', '.join(dataset.sites)} → {args.out}"
@@ -114,3 +120,8 @@ def add_parsers(add: Add) -> None:
     )
     p.add_argument("--out", required=True, help="output directory (an interrupted run there resumes)")
     p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument(
+        "--verify-shards",
+        action="store_true",
+        help="when resuming, hash every shard already written (default: those whose size or time changed)",
+    )
