@@ -1,17 +1,32 @@
 """Small HTML building blocks shared by every result's ``_repr_html_`` and by report pages.
 
-All text that comes from prompts, tokenizers or models goes through ``escape``.
+All text that comes from prompts, tokenizers or models goes through ``escape``, which also shows
+Unicode bidirectional controls as visible codes (``<U+202E>``): left raw, a right-to-left override
+in a prompt would reorder the text shown after it and let a prompt display as something it is not.
 """
 
 import html
+import re
 from collections.abc import Sequence
 
 from mechlab.errors import InputError
 
+# Unicode's bidirectional formatting characters (embeddings, overrides, isolates, marks).
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def show_bidi(text: str) -> str:
+    """``text`` with each bidirectional control written as ``<U+XXXX>``.
+
+    >>> show_bidi("abc\u202edef")
+    'abc<U+202E>def'
+    """
+    return _BIDI.sub(lambda match: f"<U+{ord(match.group()):04X}>", text)
+
 
 def escape(text: object) -> str:
-    """HTML-escape any value's string form, quotes included."""
-    return html.escape(str(text), quote=True)
+    """HTML-escape any value's string form, quotes included, bidirectional controls made visible."""
+    return html.escape(show_bidi(str(text)), quote=True)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, caption: str = "") -> str:

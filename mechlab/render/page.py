@@ -20,11 +20,14 @@ prefix from a process-wide counter, so several pages shown in one notebook never
     True
 """
 
+import base64
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from matplotlib.figure import Figure
 from mechlab.errors import InputError
 from mechlab.files import atomic_write
 from mechlab.render.figures import png_data_uri
-from mechlab.render.html import escape, image, table
+from mechlab.render.html import escape, image, show_bidi, table
 
 WIDGET_COMPONENTS: tuple[str, ...] = (
     "AttentionHeads",
@@ -50,11 +53,23 @@ WIDGET_COMPONENTS: tuple[str, ...] = (
     "TopkTokens",
 )
 
-# The page may run inline scripts and show data: images; it may fetch nothing.
+# The page may run its own scripts (each allowed by its sha256, so an injected one would not run)
+# and show data: images; it may fetch nothing, submit nothing, and not change its base URL.
 CSP = (
-    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
-    "img-src data: blob:; font-src data:; connect-src 'none'"
+    "default-src 'none'; script-src {scripts}; style-src 'unsafe-inline'; img-src data: blob:; "
+    "font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'"
 )
+_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def csp(body: str) -> str:
+    """The Content-Security-Policy of a document with ``body``: its inline scripts by hash."""
+    hashes = [
+        "'sha256-" + base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode() + "'"
+        for code in _SCRIPT.findall(body)
+    ]
+    return CSP.format(scripts=" ".join(dict.fromkeys(hashes)) or "'none'")
+
 
 STYLE = """
 .mechlab-page{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:0 auto;
@@ -108,6 +123,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"Widget props must be finite numbers, got {value}.")
+    if isinstance(value, str):
+        return show_bidi(value)
     return value
 
 
@@ -254,11 +271,12 @@ class Page:
 
     def render(self, *, prefix: str | None = None) -> str:
         """A complete HTML document."""
+        body = self.body(prefix)
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp(body)}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(self.title)}</title></head>\n<body>\n{self.body(prefix)}\n</body></html>\n"
+            f"<title>{escape(self.title)}</title></head>\n<body>\n{body}\n</body></html>\n"
         )
 
     def save(self, path: str | Path) -> Path:

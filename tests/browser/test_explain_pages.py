@@ -39,3 +39,23 @@ def test_model_attention_and_attribution_pages(chromium, tiny: mechlab.LoadedMod
     seen = visit(chromium, page.save(tmp_path / "report.html"), settle_s=3)
     assert _offline(seen) == [] and seen.console_errors == [] and seen.dialogs == []
     assert "completeness error" in seen.driver.find_element("tag name", "body").text
+
+
+def test_bidi_controls_are_shown_and_an_injected_script_does_not_run(chromium, tmp_path: Path) -> None:
+    spoof = "txt.\u202eexe"  # shown raw, this reads "txt.exe" reversed: "exe.txt"
+    page = mechlab.Page("Bidi", id_prefix="bidi")
+    page.section("Prompt").text(spoof)
+    view = AttentionView(torch.tensor([[1, 2]]), (spoof, "b"), ((0, 0),), torch.tril(torch.ones(1, 2, 2)))
+    view.add_to(page)
+    html = page.render()
+    # A script that reached the page some other way has no hash in the policy, so it is refused.
+    injected = html.replace("</body>", "<script>document.title='pwned'</script></body>")
+    path = tmp_path / "bidi.html"
+    path.write_text(injected)
+    seen = visit(chromium, path, settle_s=3)
+    body = seen.driver.find_element("tag name", "body").text
+    assert "txt.<U+202E>exe" in body and "\u202e" not in body
+    assert seen.driver.title == "Bidi"  # the injected script was refused by the policy
+    widgets = seen.driver.find_elements("css selector", ".widget")
+    assert widgets and len(widgets[0].find_elements("css selector", "*")) > 5  # hashed scripts ran
+    assert any("Content Security Policy" in e for e in seen.console_errors)

@@ -164,3 +164,36 @@ def test_rewriting_a_file_keeps_its_permissions(tmp_path: Path) -> None:
     path.chmod(0o600)
     atomic_write(path, "v2")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "v2"
+
+
+def test_the_policy_allows_exactly_the_pages_own_scripts() -> None:
+    import base64
+    import hashlib
+    import re
+
+    page = Page("CSP", id_prefix="csp")
+    page.section("W").widget("ColoredTokens", {"tokens": ["a", "b"], "values": [0.1, -0.2]})
+    html = page.render()
+    policy = re.search(r'Content-Security-Policy" content="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+    assert "unsafe-eval" not in policy and "script-src 'unsafe-inline'" not in policy
+    assert "form-action 'none'" in policy and "base-uri 'none'" in policy
+    scripts = re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+    allowed = set(re.findall(r"'sha256-([^']+)'", policy))
+    assert len(scripts) == 2 and allowed == {
+        base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts
+    }
+    quiet = Page("No widgets", id_prefix="q")
+    quiet.section("T").text("text")
+    assert "script-src 'none'" in quiet.render()
+
+
+def test_bidi_controls_are_shown_as_codes_in_text_and_widget_props() -> None:
+    page = Page("Bidi", id_prefix="b")
+    page.section("P").text("a\u202eb\u2066c")
+    page.section("W").widget("ColoredTokens", {"tokens": ["x\u202ey"], "values": [1.0]})
+    html = page.render()
+    assert (
+        "a&lt;U+202E&gt;b&lt;U+2066&gt;c" in html
+        and "x<U+202E>y".replace("<", "\\u003c").replace(">", "\\u003e") in html
+    )
+    assert "\u202e" not in html and "\u2066" not in html
