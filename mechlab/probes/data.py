@@ -103,6 +103,10 @@ def _rows_from(path: Path) -> list[dict[str, str]]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise InputError(f"Cannot read probe data {path}: {error.strerror}.") from error
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"Probe data {path} is not UTF-8 text (byte {error.start:,}: {error.reason}). Save it as UTF-8."
+        ) from error
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         try:
             return [json.loads(line) for line in text.splitlines() if line.strip()]

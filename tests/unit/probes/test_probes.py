@@ -133,3 +133,10 @@ def test_probe_cli_rejects_bad_numbers_with_a_usage_message(capsys: pytest.Captu
     assert "expected comma-separated integers such as 0,12,-1; got '1,a'" in capsys.readouterr().err
     assert main(["probe", "toy:tiny", "sentiment", "--test-fraction", "2"]) == 2
     assert "test_fraction must lie strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_probe_data_that_is_not_utf8_is_an_input_error(tmp_path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"text,label\ncaf\xe9,1\n")
+    with pytest.raises(mechlab.InputError, match=r"is not UTF-8 text \(byte 15"):
+        mechlab.load_probe_dataset(path)
