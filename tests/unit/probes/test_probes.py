@@ -138,5 +138,5 @@ def test_probe_cli_rejects_bad_numbers_with_a_usage_message(capsys: pytest.Captu
 def test_probe_data_that_is_not_utf8_is_an_input_error(tmp_path) -> None:
     path = tmp_path / "data.csv"
     path.write_bytes(b"text,label\ncaf\xe9,1\n")
-    with pytest.raises(mechlab.InputError, match=r"is not UTF-8 text \(byte 15"):
+    with pytest.raises(mechlab.InputError, match=r"is not UTF-8 text \(byte 14"):
         mechlab.load_probe_dataset(path)
