@@ -17,6 +17,7 @@ from torch import Tensor
 from mechlab.errors import InputError
 from mechlab.metrics import PositionMetric
 from mechlab.sites import fit_pos
+from mechlab.targets import Target
 
 MetricLike = Callable[[Tensor], Tensor]
 
@@ -68,13 +69,21 @@ class Scorer:
 
 def describe(metric: Any) -> str:
     """A short human-readable name for a metric."""
+    if isinstance(metric, Target):
+        return metric.label
     if isinstance(metric, PositionMetric):
         return metric.describe()
     return getattr(metric, "__name__", type(metric).__name__)
 
 
 def scorer(metric: MetricLike, n_pos: int) -> Scorer:
-    """Wrap ``metric`` for sweeps over prompts of ``n_pos`` tokens."""
+    """Wrap ``metric`` for sweeps over prompts of ``n_pos`` tokens.
+
+    A ``mechlab.targets.Target`` (the number an explanation explains) is scored through the metric it
+    holds, so the same target drives attribution, readouts and patching alike.
+    """
+    if isinstance(metric, Target):
+        metric = metric.metric
     if not callable(metric):
         raise InputError(f"The metric must be callable (logits -> scores), got {type(metric).__name__}.")
     if isinstance(metric, PositionMetric):

@@ -34,7 +34,6 @@ from mechlab.interventions.attribution_patching import attribution_patch
 from mechlab.interventions.inputs import Ablation
 from mechlab.interventions.patching import patch
 from mechlab.interventions.result import PatchResult
-from mechlab.metrics import LogitDiff
 from mechlab.models.info import ModelInfo
 from mechlab.models.load import LoadedModel
 from mechlab.models.verify import VerifyReport
@@ -163,7 +162,7 @@ def _pick_tokens(
 def _head_findings(
     model: HookedModel,
     context: Tokens,
-    metric: LogitDiff,
+    target: Target,
     atp: PatchResult,
     dla: DirectLogitAttribution,
     detectors: DetectorReport | None,
@@ -176,7 +175,7 @@ def _head_findings(
     by_dla = [layer * n_heads + head for layer, head, _ in dla.top_heads(2 * k)]
     candidates = list(dict.fromkeys(by_atp + by_dla))
     sites = [Site("z", i // n_heads, i % n_heads) for i in candidates]
-    actual = patch(model, context, Ablation("zero"), [[s] for s in sites], metric)
+    actual = patch(model, context, Ablation("zero"), [[s] for s in sites], target)
     effect = actual.effect.reshape(-1)
     order = torch.argsort(effect.abs(), descending=True)[:k].tolist()
     findings = []
@@ -272,20 +271,19 @@ def explain(
     context, chosen, contrast, p_chosen, p_contrast = _pick_tokens(
         hooked, completion, settings.step, target_id, contrast_id
     )
-    target = make_target(hooked, chosen, contrast=contrast)
-    metric = LogitDiff(chosen, contrast)
+    target = make_target(hooked, chosen, contrast=contrast)  # one number for IG, DLA, AtP, knock-outs
     ig = timed(
         "integrated gradients", lambda: integrated_gradients(hooked, context, target, steps=settings.ig_steps)
     )
     lens = timed("logit lens", lambda: logit_lens(hooked, context, targets=(chosen, contrast)))
     dla = timed("direct logit attribution", lambda: direct_logit_attribution(hooked, context, target))
     atp = timed(
-        "attribution patching", lambda: attribution_patch(hooked, context, Ablation("zero"), "z", metric)
+        "attribution patching", lambda: attribution_patch(hooked, context, Ablation("zero"), "z", target)
     )
     detectors, detector_error = timed("detectors", lambda: _run_detectors(loaded, hooked, settings))
     heads = timed(
         "knocking out top heads",
-        lambda: _head_findings(hooked, context, metric, atp, dla, detectors, settings.top_heads),
+        lambda: _head_findings(hooked, context, target, atp, dla, detectors, settings.top_heads),
     )
     attention = timed(
         "attention patterns",

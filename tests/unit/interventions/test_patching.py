@@ -320,3 +320,19 @@ def test_a_metric_returning_nan_is_an_error_naming_the_runs(tiny, pair) -> None:
         mechlab.attribution_patch(
             tiny.model, clean, corrupted, "z", lambda logits: logits[:, -1, 3] * torch.nan
         )
+
+
+def test_a_target_is_the_metric_it_holds(tiny, pair) -> None:
+    """The number an explanation explains (``make_target``) drives patching and AtP as its metric does."""
+    from mechlab.interventions.scoring import scorer
+    from mechlab.targets import Target
+
+    clean, corrupted = pair
+    target = Target(METRIC, "logit diff (3 − 11)", 3, 11, "logit_diff")
+    assert scorer(target, 8).vectorized  # the position-narrowed fast path, as for the metric itself
+    by_target = patch(tiny.model, clean, corrupted, "z", target)
+    by_metric = patch(tiny.model, clean, corrupted, "z", METRIC)
+    assert torch.equal(by_target.values, by_metric.values)
+    atp_target = mechlab.attribution_patch(tiny.model, clean, corrupted, "z", target)
+    atp_metric = mechlab.attribution_patch(tiny.model, clean, corrupted, "z", METRIC)
+    assert torch.equal(atp_target.values, atp_metric.values)
