@@ -72,8 +72,13 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     loaded = load(args, console)
-    with progress(console, "Loading an independent transformers reference and comparing"):
-        report = mechlab.verify(loaded=loaded, max_new_tokens=args.max_new_tokens, tolerance=args.tolerance)
+    with progress(console, f"Comparing with {args.reference}"):
+        report = mechlab.verify(
+            loaded=loaded,
+            max_new_tokens=args.max_new_tokens,
+            tolerance=args.tolerance,
+            reference=args.reference,
+        )
     if args.json:
         console.print_json(json.dumps(report.to_dict()))
     for pair in report.generations:
@@ -108,5 +113,17 @@ def add_parsers(add: Add) -> None:
     p.add_argument(
         "--max-new-tokens", type=positive_int, default=12, help="greedy tokens compared per prompt"
     )
-    p.add_argument("--tolerance", type=float, default=None, help="max |Δ log-prob| allowed (float32: 1e-4)")
+    p.add_argument(
+        "--reference",
+        choices=["transformers", "llamacpp"],
+        default="transformers",
+        help="transformers loading the same file (default), or llama.cpp itself (GGUF files; "
+        "needs `make install-llamacpp`)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="max |Δ log-prob| (transformers; float32: 1e-4) or max mean KL in nats (llamacpp: 0.01)",
+    )
     p.add_argument("--json", action="store_true", help="also print the report as JSON")

@@ -1,10 +1,15 @@
 """Fidelity check: does the hooked model compute what the original model computes?
 
-``verify`` runs fixed prompts through the hooked model and through an independent reference — a
-fresh transformers model loaded straight from the same GGUF file or directory, never wrapped by
-TransformerLens — and compares their next-token distributions at every position and their greedy
-continuations. In float32 the two agree to ~5e-5 in log-probability; a larger gap means the
-conversion, the cache or the hooks changed the model.
+``verify`` runs fixed prompts through the hooked model and through an independent reference and
+compares their next-token distributions at every position and their greedy continuations:
+
+- ``reference="transformers"`` (default): a fresh transformers model loaded straight from the same
+  GGUF file or directory, never wrapped by TransformerLens. In float32 the two agree to ~5e-5 in
+  log-probability; a larger gap means the conversion, the cache or the hooks changed the model.
+- ``reference="llamacpp"``: llama.cpp itself on the same GGUF file and token ids
+  (``mechlab.models.references.llamacpp``). It quantizes activations, so the criterion is a mean KL
+  of at most 0.01 nats per position and top-1 agreement of at least 90%; greedy continuations are
+  reported (a near-tie may go either way).
 """
 
 import dataclasses
@@ -19,6 +24,7 @@ from mechlab.models import decoding
 from mechlab.models.gguf import strip_quantization
 from mechlab.models.hf import quiet_transformers
 from mechlab.models.load import LoadedModel, load_model, resolve_source
+from mechlab.models.references import llamacpp
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "The Eiffel Tower is located in the city of",
@@ -56,6 +62,7 @@ class VerifyReport:
     generations: tuple[GenerationPair, ...]
     tolerance: float
     seconds: float
+    runtime: bool = False  # compared with llama.cpp: judged by mean KL and top-1, not exactness
 
     @property
     def generation_agreement(self) -> float:
@@ -63,6 +70,8 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
+        if self.runtime:
+            return self.mean_kl <= self.tolerance and self.top1_agreement >= llamacpp.MIN_TOP1
         return (
             self.max_abs_dlogprob <= self.tolerance
             and self.top1_agreement == 1.0
@@ -71,11 +80,20 @@ class VerifyReport:
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
+        if self.runtime:
+            measured = (
+                f"KL mean {self.mean_kl:.2e} (tolerance {self.tolerance:.0e}) / max {self.max_kl:.2e} "
+                f"nats, top-1 agreement {self.top1_agreement:.1%} (at least {llamacpp.MIN_TOP1:.0%}), "
+                f"max |Δ log-prob| {self.max_abs_dlogprob:.2e}"
+            )
+        else:
+            measured = (
+                f"max |Δ log-prob| {self.max_abs_dlogprob:.2e} (tolerance {self.tolerance:.0e}), KL mean "
+                f"{self.mean_kl:.2e} / max {self.max_kl:.2e} nats, top-1 agreement {self.top1_agreement:.1%}"
+            )
         return (
             f"{verdict}: hooked model vs {self.reference} on {self.n_prompts} prompts "
-            f"({self.n_positions} positions): max |Δ log-prob| {self.max_abs_dlogprob:.2e} "
-            f"(tolerance {self.tolerance:.0e}), KL mean {self.mean_kl:.2e} / max {self.max_kl:.2e} nats, "
-            f"top-1 agreement {self.top1_agreement:.1%}, greedy generations identical "
+            f"({self.n_positions} positions): {measured}, greedy generations identical "
             f"{self.generation_agreement:.0%}"
         )
 
@@ -182,14 +200,87 @@ def verify(
     prompts: tuple[str, ...] = DEFAULT_PROMPTS,
     max_new_tokens: int = 12,
     tolerance: float | None = None,
+    reference: str = "transformers",
 ) -> VerifyReport:
     """Load ``source`` (unless ``loaded`` is given) and compare it with an independent reference.
 
+    Args:
+        reference: ``"transformers"`` (the same file loaded by transformers) or ``"llamacpp"``
+            (llama.cpp itself; GGUF sources only; needs ``mechlab[llamacpp]``).
+        tolerance: max |Δ log-prob| (transformers) or max mean KL in nats (llama.cpp); default
+            1e-4 in float32, 0.01 against llama.cpp.
+
     Returns:
         A ``VerifyReport``; ``report.passed`` is False when any prompt disagrees beyond tolerance.
+
+    Raises:
+        InputError: an unknown reference, llama.cpp for a source that is not a GGUF file, or
+            llama-cpp-python not installed (saying how to install it).
     """
+    if reference not in ("transformers", "llamacpp"):
+        raise InputError(f"Unknown reference {reference!r}: use 'transformers' or 'llamacpp'.")
+    if reference == "llamacpp" and llamacpp.available() is None:
+        raise InputError(llamacpp.INSTALL)
     loaded = loaded or load_model(source, device=device, dtype=dtype)
-    reference, description = load_reference(loaded.info.source)
+    if reference == "llamacpp":
+        return compare_llamacpp(loaded, prompts=prompts, max_new_tokens=max_new_tokens, tolerance=tolerance)
+    reference_model, description = load_reference(loaded.info.source)
     return compare(
-        loaded, reference, description, prompts=prompts, max_new_tokens=max_new_tokens, tolerance=tolerance
+        loaded,
+        reference_model,
+        description,
+        prompts=prompts,
+        max_new_tokens=max_new_tokens,
+        tolerance=tolerance,
+    )
+
+
+@torch.no_grad()
+def compare_llamacpp(
+    loaded: LoadedModel,
+    *,
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS,
+    max_new_tokens: int = 12,
+    tolerance: float | None = None,
+) -> VerifyReport:
+    """Compare a hooked model loaded from a GGUF file with llama.cpp running that file."""
+    if loaded.info.kind != "gguf" or loaded.info.path is None:
+        raise InputError(
+            f"llama.cpp runs GGUF files; {loaded.info.source!r} is a {loaded.info.kind} source. Verify it "
+            "with --reference transformers, or pass the .gguf file."
+        )
+    start = time.perf_counter()
+    model, path = loaded.model, Path(loaded.info.path).expanduser()
+    stops = decoding.stop_ids(model)
+    tokenized = [model.to_tokens(prompt)[0].tolist() for prompt in prompts]
+    n_ctx = max(len(t) for t in tokenized) + max_new_tokens + 1
+    dlogprob, kls, top1, generations = [], [], [], []
+    with llamacpp.LlamaCpp(path, n_ctx=n_ctx) as runtime:
+        for prompt, tokens in zip(prompts, tokenized, strict=True):
+            ids = torch.tensor([tokens], device=model.cfg.device)
+            hooked = torch.log_softmax(model(ids).double().cpu(), dim=-1)[0]
+            ref = torch.log_softmax(torch.from_numpy(runtime.logits(tokens)), dim=-1)
+            dlogprob.append((hooked - ref).abs().amax().item())
+            kls.append((ref.exp() * (ref - hooked)).sum(-1))
+            top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
+            ours = decoding.decode(
+                model, ids, max_new_tokens=max_new_tokens, stop_ids=stops, through_hooks=True
+            )
+            theirs = runtime.greedy(tokens, max_new_tokens, stops)
+            decode_text = loaded.tokenizer.decode
+            generations.append(GenerationPair(prompt, decode_text(list(ours.token_ids)), decode_text(theirs)))
+    all_kl = torch.cat(kls)
+    return VerifyReport(
+        source=loaded.info.source,
+        reference=f"llama.cpp running {path.name}",
+        n_prompts=len(prompts),
+        n_positions=int(all_kl.numel()),
+        max_abs_dlogprob=max(dlogprob),
+        mean_kl=all_kl.mean().item(),
+        max_kl=all_kl.max().item(),
+        top1_agreement=torch.cat(top1).mean().item(),
+        generations=tuple(generations),
+        tolerance=llamacpp.MAX_MEAN_KL if tolerance is None else tolerance,
+        seconds=round(time.perf_counter() - start, 2),
+        runtime=True,
     )
