@@ -150,7 +150,6 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     """
     path = check_target(Path(path))
     directory = path.parent if str(path.parent) else Path(".")
-    remove_stale(directory, f".{path.name}.")
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     except OSError as error:

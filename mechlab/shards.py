@@ -34,7 +34,7 @@ from torch import Tensor
 
 from mechlab.activations import SitesSpec, capture, resolve_sites
 from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, CorruptCaptureError, InputError
-from mechlab.files import atomic_write
+from mechlab.files import atomic_write, remove_stale
 from mechlab.progress import Progress
 from mechlab.sites import PATTERN_KINDS, Site, fit_pos
 from mechlab.tokens import require_tokenizer
@@ -316,6 +316,7 @@ def capture_dataset(
     }
     manifest = _start(directory, settings)
     done = list(manifest["shards"])
+    remove_stale(directory, ".shard-")  # temporary shards of a run that was killed mid-write
 
     def write(index: int, tokens: Tensor, lengths: Tensor, digest: str) -> dict[str, Any]:
         return _write_shard(model, directory, index, tokens, lengths, wanted, dtype, digest)

@@ -95,7 +95,7 @@ def test_two_builders_of_one_directory_both_succeed(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # no temporary sibling left
 
 
-def test_leftovers_of_killed_runs_are_removed_by_name_and_age(tmp_path: Path) -> None:
+def test_leftovers_of_killed_runs_are_removed_by_name_and_age(tiny, tmp_path: Path) -> None:
     old, new = tmp_path / ".report.html.abc", tmp_path / ".report.html.def"
     old.write_text("left by a killed run")
     new.write_text("another run, still writing")
@@ -104,5 +104,18 @@ def test_leftovers_of_killed_runs_are_removed_by_name_and_age(tmp_path: Path) ->
     os.utime(old, (day_ago, day_ago))
     assert remove_stale(tmp_path, ".report.html.") == [old]
     assert new.exists() and (tmp_path / "report.html").exists()
-    mechlab.atomic_write(tmp_path / "report.html", "new")
-    assert new.exists()  # too young to be a leftover
+    # A capture removes the temporary shards a killed run left; a conversion, its temporary entries.
+    shards = tmp_path / "capture"
+    shards.mkdir()
+    leftover = shards / ".shard-000003.safetensors.x1y2"
+    leftover.write_bytes(b"half a shard")
+    os.utime(leftover, (day_ago, day_ago))
+    mechlab.capture_dataset(tiny.model, torch.tensor([[1, 2, 3]]), ["resid_post.0"], shards)
+    assert not leftover.exists()
+    entry = tmp_path / "cache" / "abc123"
+    stale = tmp_path / "cache" / ".abc123.k3j2"
+    stale.mkdir(parents=True)
+    os.utime(stale, (day_ago, day_ago))
+    with atomic_dir_sibling(entry) as building:
+        building.mkdir()
+    assert entry.is_dir() and not stale.exists()
