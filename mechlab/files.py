@@ -12,6 +12,7 @@ refused unless the caller says to replace it (``replacing_read_only()``: the CLI
 """
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -42,14 +43,26 @@ _KINDS = (
 )
 
 
-def kind(path: Path) -> str:
-    """What is at ``path``, in words: "a regular file", "a directory", "a FIFO (named pipe)", …"""
-    mode = path.stat().st_mode
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes, read ``chunk`` bytes at a time (4 MiB keeps it I/O-bound)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _kind_of(mode: int) -> str:
     if stat.S_ISREG(mode):
         return "a regular file"
     if stat.S_ISDIR(mode):
         return "a directory"
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def kind(path: Path) -> str:
+    """What is at ``path``, in words: "a regular file", "a directory", "a FIFO (named pipe)", …"""
+    return _kind_of(path.stat().st_mode)
 
 
 @contextmanager
@@ -88,12 +101,11 @@ def check_target(path: Path, what: str = "output") -> Path:
             raise InputError(
                 f"{what} {path} is a directory; give a file name inside it, such as {path / 'report.html'}."
             )
-        for test, kind in _KINDS:
-            if test(status.st_mode):
-                raise InputError(
-                    f"{what} {path} is {kind}, not a regular file; mechlab replaces only regular files. "
-                    "Choose a file path."
-                )
+        if not stat.S_ISREG(status.st_mode):
+            raise InputError(
+                f"{what} {path} is {_kind_of(status.st_mode)}, not a regular file; mechlab replaces only "
+                "regular files. Choose a file path."
+            )
         if not status.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) and not _FORCE.get():
             raise InputError(
                 f"{what} {path} is read-only; mechlab does not replace it. Choose another path, make it "

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from mechlab.activations import SitesSpec, capture, resolve_sites
 from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, CorruptCaptureError, InputError
-from mechlab.files import atomic_write, remove_stale
+from mechlab.files import atomic_write, remove_stale, sha256_of
 from mechlab.progress import Progress
 from mechlab.sites import PATTERN_KINDS, Site, fit_pos
 from mechlab.tokens import require_tokenizer
@@ -199,14 +199,6 @@ def read_capture(out_dir: str | Path) -> CaptureDataset:
     return CaptureDataset(directory, manifest)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def shard_problem(directory: Path, shard: dict[str, Any], *, full: bool) -> str | None:
     """Why a recorded shard is not what was written (``None``: it is): missing, another size, or (when
     its modification time moved, or ``full``) another sha256."""
@@ -219,7 +211,7 @@ def shard_problem(directory: Path, shard: dict[str, Any], *, full: bool) -> str 
     if status.st_size != shard.get("bytes"):
         return f"{path.name} has {status.st_size:,} bytes, {shard.get('bytes'):,} were written"
     if full or status.st_mtime_ns != shard.get("mtime_ns"):
-        if _file_sha256(path) != shard["sha256"]:
+        if sha256_of(path) != shard["sha256"]:
             return f"{path.name} does not hold the bytes that were written (sha256 differs)"
     return None
 

@@ -7,15 +7,13 @@ temporary sibling directory and renamed into place, so an interrupted conversion
 and two processes converting the same file at once both end with a complete one.
 """
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from mechlab.files import atomic_dir_sibling
+from mechlab.files import atomic_dir_sibling, sha256_of
 
 CACHE_ENV = "MECHLAB_CACHE_DIR"
-_HASH_CHUNK = 1 << 22  # 4 MiB reads keep hashing I/O-bound without a large buffer.
 
 
 def cache_dir() -> Path:
@@ -42,11 +40,7 @@ def file_sha256(path: Path) -> str:
         index = {}
     if key in index:
         return str(index[key])
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    index[key] = digest.hexdigest()
+    index[key] = sha256_of(path)
     try:
         index_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_dir_sibling(index_path) as tmp:

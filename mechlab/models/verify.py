@@ -103,6 +103,41 @@ class VerifyReport:
         return data
 
 
+@dataclasses.dataclass
+class _Tally:
+    """Per-prompt agreement of the hooked model's log-probabilities ``[pos, d_vocab]`` with a
+    reference's, and the greedy continuations, gathered into a ``VerifyReport``."""
+
+    dlogprob: list[float] = dataclasses.field(default_factory=list)
+    kls: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    top1: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    generations: list[GenerationPair] = dataclasses.field(default_factory=list)
+
+    def add(self, hooked: torch.Tensor, ref: torch.Tensor) -> None:
+        self.dlogprob.append((hooked - ref).abs().amax().item())
+        self.kls.append((ref.exp() * (ref - hooked)).sum(-1))
+        self.top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
+
+    def report(
+        self, loaded: LoadedModel, reference: str, *, tolerance: float, start: float, runtime: bool = False
+    ) -> "VerifyReport":
+        all_kl = torch.cat(self.kls)
+        return VerifyReport(
+            source=loaded.info.source,
+            reference=reference,
+            n_prompts=len(self.dlogprob),
+            n_positions=int(all_kl.numel()),
+            max_abs_dlogprob=max(self.dlogprob),
+            mean_kl=all_kl.mean().item(),
+            max_kl=all_kl.max().item(),
+            top1_agreement=torch.cat(self.top1).mean().item(),
+            generations=tuple(self.generations),
+            tolerance=tolerance,
+            seconds=round(time.perf_counter() - start, 2),
+            runtime=runtime,
+        )
+
+
 def load_reference(source: str) -> tuple[Any, str]:
     """An independent transformers model for ``source`` (float32, CPU) and a description of it."""
     from transformers import AutoModelForCausalLM
@@ -144,15 +179,11 @@ def compare(
     model = loaded.model
     if tolerance is None:
         tolerance = DEFAULT_TOLERANCE.get(loaded.model.cfg.dtype, LOW_PRECISION_TOLERANCE)
-    dlogprob, kls, top1 = [], [], []
-    generations = []
+    tally = _Tally()
     for prompt in prompts:
         tokens = model.to_tokens(prompt)
         hooked = torch.log_softmax(model(tokens).double().cpu(), dim=-1)[0]
-        ref = torch.log_softmax(reference(tokens.cpu()).logits.double(), dim=-1)[0]
-        dlogprob.append((hooked - ref).abs().amax().item())
-        kls.append((ref.exp() * (ref - hooked)).sum(-1))
-        top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
+        tally.add(hooked, torch.log_softmax(reference(tokens.cpu()).logits.double(), dim=-1)[0])
         ours = decoding.decode(
             model,
             tokens,
@@ -168,27 +199,14 @@ def compare(
             pad_token_id=loaded.tokenizer.eos_token_id,
         )
         n = tokens.shape[-1]
-        generations.append(
+        tally.generations.append(
             GenerationPair(
                 prompt,
                 loaded.tokenizer.decode(list(ours)),
                 loaded.tokenizer.decode(theirs[0, n:].tolist()),
             )
         )
-    all_kl = torch.cat(kls)
-    return VerifyReport(
-        source=loaded.info.source,
-        reference=description,
-        n_prompts=len(prompts),
-        n_positions=int(all_kl.numel()),
-        max_abs_dlogprob=max(dlogprob),
-        mean_kl=all_kl.mean().item(),
-        max_kl=all_kl.max().item(),
-        top1_agreement=torch.cat(top1).mean().item(),
-        generations=tuple(generations),
-        tolerance=tolerance,
-        seconds=round(time.perf_counter() - start, 2),
-    )
+    return tally.report(loaded, description, tolerance=tolerance, start=start)
 
 
 def verify(
@@ -254,33 +272,21 @@ def compare_llamacpp(
     stops = decoding.stop_ids(model)
     tokenized = [model.to_tokens(prompt)[0].tolist() for prompt in prompts]
     n_ctx = max(len(t) for t in tokenized) + max_new_tokens + 1
-    dlogprob, kls, top1, generations = [], [], [], []
+    tally = _Tally()
     with llamacpp.LlamaCpp(path, n_ctx=n_ctx) as runtime:
         for prompt, tokens in zip(prompts, tokenized, strict=True):
             ids = torch.tensor([tokens], device=model.cfg.device)
             hooked = torch.log_softmax(model(ids).double().cpu(), dim=-1)[0]
-            ref = torch.log_softmax(torch.from_numpy(runtime.logits(tokens)), dim=-1)
-            dlogprob.append((hooked - ref).abs().amax().item())
-            kls.append((ref.exp() * (ref - hooked)).sum(-1))
-            top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
+            tally.add(hooked, torch.log_softmax(torch.from_numpy(runtime.logits(tokens)), dim=-1))
             ours = decoding.decode(
                 model, ids, max_new_tokens=max_new_tokens, stop_ids=stops, through_hooks=True
             )
             theirs = runtime.greedy(tokens, max_new_tokens, stops)
             decode_text = loaded.tokenizer.decode
-            generations.append(GenerationPair(prompt, decode_text(list(ours.token_ids)), decode_text(theirs)))
-    all_kl = torch.cat(kls)
-    return VerifyReport(
-        source=loaded.info.source,
-        reference=f"llama.cpp running {path.name}",
-        n_prompts=len(prompts),
-        n_positions=int(all_kl.numel()),
-        max_abs_dlogprob=max(dlogprob),
-        mean_kl=all_kl.mean().item(),
-        max_kl=all_kl.max().item(),
-        top1_agreement=torch.cat(top1).mean().item(),
-        generations=tuple(generations),
-        tolerance=llamacpp.MAX_MEAN_KL if tolerance is None else tolerance,
-        seconds=round(time.perf_counter() - start, 2),
-        runtime=True,
+            tally.generations.append(
+                GenerationPair(prompt, decode_text(list(ours.token_ids)), decode_text(theirs))
+            )
+    tolerance = llamacpp.MAX_MEAN_KL if tolerance is None else tolerance
+    return tally.report(
+        loaded, f"llama.cpp running {path.name}", tolerance=tolerance, start=start, runtime=True
     )

@@ -1,7 +1,6 @@
 """Executors are an extension point: a sweep gives the same numbers on any executor, whatever order
 its tasks finish in, and an unknown executor is an error listing the installed ones."""
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 
 import mechlab
 from mechlab.executors import Executor, ExecutorRegistry, InProcess, OnResult, resolve_executor
+from tests.unit.detectors.test_detectors import FakeEntryPoint
 
 
 class LastFirst:
@@ -31,17 +31,6 @@ class LastFirst:
             if on_result is not None:
                 on_result(index, results[index])
         return results
-
-
-@dataclasses.dataclass
-class FakeEntryPoint:
-    name: str
-    value: str
-    dist: Any
-    loaded: Any
-
-    def load(self) -> Any:
-        return self.loaded
 
 
 def test_patching_gives_the_same_numbers_on_another_executor(tiny, pair) -> None:

@@ -1,9 +1,6 @@
 """Model sources are an extension point: built-ins and plugins register the same way, an unknown
 scheme lists what is installed, a clash names both providers, and a broken plugin breaks only itself."""
 
-import dataclasses
-from typing import Any
-
 import pytest
 import torch
 
@@ -12,6 +9,7 @@ from mechlab.errors import DuplicateSourceError, SourceError, SourcePluginError
 from mechlab.models.load import default_sources
 from mechlab.models.sources import Resolved, Source, SourceRegistry
 from mechlab.models.sources.toy import ToySource
+from tests.unit.detectors.test_detectors import FakeDist, FakeEntryPoint
 
 
 class SeededToySource(Source):
@@ -37,24 +35,6 @@ class ClaimsGGUFFiles(Source):
 
     def claims(self, text: str) -> bool:
         return text.endswith(".gguf")
-
-
-@dataclasses.dataclass
-class FakeDist:
-    name: str
-
-
-@dataclasses.dataclass
-class FakeEntryPoint:
-    name: str
-    value: str
-    dist: Any
-    loaded: Any
-
-    def load(self) -> Any:
-        if isinstance(self.loaded, Exception):
-            raise self.loaded
-        return self.loaded
 
 
 def test_the_built_in_sources_are_registered_as_entry_points() -> None:
