@@ -141,7 +141,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "LoadedModel",
         "load_model",
     ),
-    "mechlab.models.toy": ("save_toy",),
+    "mechlab.toy.model": ("save_toy",),
     "mechlab.models.verify": (
         "VerifyReport",
         "verify",
@@ -165,6 +165,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "kv_head",
         "layer_sites",
     ),
+    "mechlab.site_kinds": ("SiteKind", "register_site_kind", "unregister_site_kind"),
     "mechlab.toy": (
         "ToyTrainConfig",
         "TrainedToy",

@@ -28,15 +28,16 @@ from torch import Tensor
 from mechlab.errors import MSG_MEMORY_LIMIT, MemoryLimitError, SiteError
 from mechlab.hooks import hooked, recorder
 from mechlab.sites import (
-    GLOBAL_KINDS,
     HEAD_KINDS,
-    KINDS,
     PATTERN_KINDS,
     Site,
     fit_site,
+    has_units,
+    is_layer_kind,
     layer_sites,
     lookup_key,
     n_heads_for,
+    n_units,
     validate,
 )
 from mechlab.types import HookedModel, Logits, Tokens
@@ -52,7 +53,7 @@ def resolve_sites(model: HookedModel, sites: SitesSpec) -> list[Site]:
         raise SiteError("No sites given: pass Sites, site strings like 'z.3.5', or kinds like 'resid_pre'.")
     out: list[Site] = []
     for item in items:
-        if isinstance(item, str) and item in KINDS and item not in GLOBAL_KINDS:
+        if isinstance(item, str) and is_layer_kind(item):
             out.extend(layer_sites(model, item))
         else:
             out.append(validate(Site.parse(item) if isinstance(item, str) else item, model))
@@ -72,11 +73,12 @@ def _width(cfg: Any, kind: str, n_pos: int) -> int:
     return int(cfg.d_model)
 
 
-def site_numel(cfg: Any, site: Site, batch: int, n_pos: int) -> int:
+def site_numel(model: HookedModel, site: Site, batch: int, n_pos: int) -> int:
     """Number of elements ``capture`` stores for ``site`` on a ``[batch, n_pos]`` input."""
-    width = _width(cfg, site.kind, n_pos)
+    units = n_units(model, site.kind) if has_units(site.kind) else 1
+    width = units if site.extension is not None else _width(model.cfg, site.kind, n_pos)
     if site.head is not None:
-        width //= n_heads_for(cfg, site.kind)
+        width //= units
     positions = 1 if site.pos is not None else n_pos
     return batch * positions * width
 
@@ -131,7 +133,7 @@ def estimate_memory(
     """
     batch, n_pos = int(tokens.shape[0]), int(tokens.shape[-1])
     itemsize = _itemsize(model)
-    per_site = {s: site_numel(model.cfg, s, batch, n_pos) * itemsize for s in resolve_sites(model, sites)}
+    per_site = {s: site_numel(model, s, batch, n_pos) * itemsize for s in resolve_sites(model, sites)}
     logit_bytes = batch * n_pos * int(model.cfg.d_vocab) * itemsize if logits else 0
     return MemoryEstimate(per_site, (batch, n_pos), logit_bytes)
 

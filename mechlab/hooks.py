@@ -5,6 +5,10 @@ forward (or backward) pass; on exit — normal or by exception — every hook it
 Hook functions take ``(activation, site)`` and return a replacement tensor or ``None``. An exception
 inside a hook function is re-raised as ``HookError`` naming the site, with the original as cause.
 
+A site of an extension kind (``mechlab.site_kinds``: a view of a hook point, such as a dictionary's
+latents) is hooked at its host's hook point: the function sees the view, and a replacement it
+returns is written back into the host activation.
+
 Two building blocks record activations: ``recorder(into)`` stores what a forward pass computes, and
 ``differentiable(model, sites)`` makes each activation something ``gradients(value, acts, sites)``
 can differentiate to (attribution patching and EAP-IG both use it). ``zero_ablation(sites)`` gives
@@ -38,9 +42,19 @@ def _items(hooks: HookSpec) -> list[tuple[Site, SiteHook]]:
 
 
 def _wrap(site: Site, fn: SiteHook) -> Callable[..., Tensor | None]:
+    extension = site.extension
+
+    def call(act: Tensor) -> Tensor | None:
+        if extension is None:
+            return fn(act, site)
+        # An extension site is a view of its host: hand the view over, write a replacement back.
+        view = extension.read(act, site.layer)
+        new = fn(view, site)
+        return None if new is None else extension.write(act, site.layer, new)
+
     def hook_fn(act: Tensor, hook: Any) -> Tensor | None:
         try:
-            return fn(act, site)
+            return call(act)
         except MechlabError:
             raise
         except Exception as error:
@@ -53,11 +67,12 @@ def _wrap(site: Site, fn: SiteHook) -> Callable[..., Tensor | None]:
 
 
 def to_tl_hooks(model: HookedModel, hooks: HookSpec) -> list[tuple[str, Callable[..., Any]]]:
-    """Validate sites and turn ``{site: fn}`` into TransformerLens ``(hook_name, fn)`` pairs."""
+    """Validate sites and turn ``{site: fn}`` into TransformerLens ``(hook_name, fn)`` pairs (an
+    extension site's hook runs at its host's hook point)."""
     pairs = []
     for site, fn in _items(hooks):
         checked = validate(site, model)
-        pairs.append((checked.hook_name, _wrap(checked, fn)))
+        pairs.append((checked.host.hook_name, _wrap(checked, fn)))
     return pairs
 
 

@@ -10,43 +10,58 @@ than query heads in grouped-query attention models (SmolLM2: 9 query heads, 3 ke
 
 String form, for the command line: ``kind[.layer[.head]][@pos]``, e.g. ``"z.3.5"``,
 ``"resid_pre.4@7"``, ``"embed"``.
+
+Kinds beyond hook points (a sparse dictionary's latents) are views of one, registered in
+``mechlab.site_kinds``: ``Site(name, layer, unit)`` is their site, ``hook_name`` the host's hook
+name plus ``.hook_{name}``, and ``host`` the hook point they are read from and written to.
 """
 
 import dataclasses
 import re
-from typing import Any, Literal, get_args
+from typing import Any
 
 from torch import Tensor
 
 from mechlab.errors import SiteError
+from mechlab.site_kinds import (
+    GLOBAL_KINDS,
+    HEAD_KINDS,
+    KINDS,
+    KV_KINDS,
+    LAYER_KINDS,
+    PATCHABLE_KINDS,
+    PATTERN_KINDS,
+    RESID_KINDS,
+    SiteKind,
+    site_kind,
+    site_kind_names,
+)
 
-LayerKind = Literal[
-    "resid_pre",
-    "resid_mid",
-    "resid_post",
-    "attn_out",
-    "mlp_out",
-    "mlp_pre",
-    "mlp_post",
-    "ln1_scale",
-    "ln2_scale",
-    "z",
-    "q",
-    "k",
-    "v",
-    "pattern",
-    "attn_scores",
+__all__ = [
+    "GLOBAL_KINDS",
+    "HEAD_KINDS",
+    "KINDS",
+    "KV_KINDS",
+    "LAYER_KINDS",
+    "PATCHABLE_KINDS",
+    "PATTERN_KINDS",
+    "RESID_KINDS",
+    "Site",
+    "SiteKind",
+    "all_kinds",
+    "fit_pos",
+    "fit_site",
+    "has_units",
+    "head_sites",
+    "is_layer_kind",
+    "kv_head",
+    "layer_sites",
+    "lookup_key",
+    "n_heads_for",
+    "n_units",
+    "patchable",
+    "validate",
 ]
-GlobalKind = Literal["embed", "pos_embed", "ln_final", "ln_final_scale"]
-SiteKind = Literal[LayerKind, GlobalKind]
-
-LAYER_KINDS: tuple[str, ...] = get_args(LayerKind)
-GLOBAL_KINDS: tuple[str, ...] = get_args(GlobalKind)
-KINDS: tuple[str, ...] = LAYER_KINDS + GLOBAL_KINDS
-HEAD_KINDS: tuple[str, ...] = ("z", "q", "k", "v", "pattern", "attn_scores")
-KV_KINDS: tuple[str, ...] = ("k", "v")
-PATTERN_KINDS: tuple[str, ...] = ("pattern", "attn_scores")
-RESID_KINDS: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")
 
 _LAYER_TEMPLATES: dict[str, str] = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -93,24 +108,37 @@ class Site:
     pos: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise SiteError(
-                f"Unknown site kind {self.kind!r}. Valid kinds: per layer {', '.join(LAYER_KINDS)}; "
-                f"global {', '.join(GLOBAL_KINDS)}."
-            )
-        if self.kind in LAYER_KINDS and self.layer is None:
+        if self.kind in KINDS:
+            host = self.kind
+        else:
+            extension = _extension(self.kind)
+            host = extension.host
+        if host in LAYER_KINDS and self.layer is None:
             raise SiteError(f"Site kind {self.kind!r} needs a layer, e.g. Site({self.kind!r}, 0).")
-        if self.kind in GLOBAL_KINDS and self.layer is not None:
+        if host in GLOBAL_KINDS and self.layer is not None:
             raise SiteError(f"Site kind {self.kind!r} is not per layer; drop layer={self.layer}.")
-        if self.head is not None and self.kind not in HEAD_KINDS:
+        if self.head is not None and not has_units(self.kind):
             raise SiteError(
                 f"Site kind {self.kind!r} has no head axis (got head={self.head}); per-head kinds "
                 f"are {', '.join(HEAD_KINDS)}."
             )
 
     @property
+    def extension(self) -> SiteKind | None:
+        """The kind's ``SiteKind`` when it is a view of a hook point, ``None`` for a hook point."""
+        return None if self.kind in KINDS else _extension(self.kind)
+
+    @property
+    def host(self) -> "Site":
+        """The whole hook-point site this site's activation lives in (itself, whole, if built in)."""
+        extension = self.extension
+        return self.whole if extension is None else Site(extension.host, self.layer)
+
+    @property
     def hook_name(self) -> str:
-        """The HookedTransformer hook name of this site."""
+        """The HookedTransformer hook name of this site (an extension kind: its host's + ``.hook_{kind}``)."""
+        if self.kind not in KINDS:
+            return f"{self.host.hook_name}.hook_{self.kind}"
         if self.kind in GLOBAL_KINDS:
             return _GLOBAL_NAMES[self.kind]
         return _LAYER_TEMPLATES[self.kind].format(layer=self.layer)
@@ -120,7 +148,7 @@ class Site:
         """Axis of the head dimension in the hooked tensor, or None if the kind has none."""
         if self.kind in PATTERN_KINDS:
             return 1
-        return 2 if self.kind in HEAD_KINDS else None
+        return 2 if has_units(self.kind) else None
 
     @property
     def pos_axis(self) -> int:
@@ -162,7 +190,7 @@ class Site:
         if match is None:
             raise SiteError(
                 f"Cannot parse site {text!r}: expected kind[.layer[.head]][@pos], e.g. 'z.3.5', "
-                f"'resid_pre.4@7' or 'embed'. Valid kinds: {', '.join(KINDS)}."
+                f"'resid_pre.4@7' or 'embed'. Valid kinds: {', '.join(all_kinds())}."
             )
         groups = match.groupdict()
         return cls(
@@ -171,6 +199,45 @@ class Site:
             head=None if groups["head"] is None else int(groups["head"]),
             pos=None if groups["pos"] is None else int(groups["pos"]),
         )
+
+
+def _extension(name: str) -> SiteKind:
+    extension = site_kind(name)
+    if extension is None:
+        extensions = site_kind_names()
+        raise SiteError(
+            f"Unknown site kind {name!r}. Valid kinds: per layer {', '.join(LAYER_KINDS)}; global "
+            f"{', '.join(GLOBAL_KINDS)}"
+            + (f"; registered {', '.join(extensions)}." if extensions else ".")
+            + " A kind that is not a hook point is registered with mechlab.register_site_kind."
+        )
+    return extension
+
+
+def all_kinds() -> list[str]:
+    """The built-in kinds and every registered extension kind."""
+    return [*KINDS, *site_kind_names()]
+
+
+def patchable(kind: str) -> bool:
+    """Whether replacing ``kind``'s activations reaches the output (an extension kind: its host's)."""
+    if kind in KINDS:
+        return kind in PATCHABLE_KINDS
+    extension = site_kind(kind) if kind.isidentifier() else None
+    return extension is not None and extension.host in PATCHABLE_KINDS
+
+
+def is_layer_kind(text: str) -> bool:
+    """Whether ``text`` is the name of a per-layer kind (built-in, or an extension on one)."""
+    if text in KINDS:
+        return text in LAYER_KINDS
+    extension = site_kind(text) if text.isidentifier() else None
+    return extension is not None and extension.host in LAYER_KINDS
+
+
+def has_units(kind: str) -> bool:
+    """Whether sites of ``kind`` may name one head (per-head kinds) or unit (extension kinds)."""
+    return kind in HEAD_KINDS or kind not in KINDS
 
 
 def n_heads_for(cfg: Any, kind: str) -> int:
@@ -237,16 +304,24 @@ def validate(site: Site, model: Any) -> Site:
             )
         layer %= cfg.n_layers
         site = site.with_(layer=layer)
-    if site.head is not None:
-        n_heads = n_heads_for(cfg, site.kind)
-        if not 0 <= site.head < n_heads:
-            what = "key/value heads" if site.kind in KV_KINDS else "heads"
+    extension = site.extension
+    if extension is not None and layer is not None:
+        layers = extension.layers(model)
+        if layers is not None and layer not in (allowed := sorted(layers)):
             raise SiteError(
-                f"Site {site} names head {site.head}, but layer {layer} has {n_heads} {what} "
+                f"Site {site}: the kind {site.kind!r} exists at layers {allowed} only (it views "
+                f"{extension.host} there)."
+            )
+    if site.head is not None:
+        n_heads = n_units(model, site.kind)
+        if not 0 <= site.head < n_heads:
+            what = "units" if extension else "key/value heads" if site.kind in KV_KINDS else "heads"
+            raise SiteError(
+                f"Site {site} names {what[:-1]} {site.head}, but layer {layer} has {n_heads} {what} "
                 f"(valid: 0..{n_heads - 1})."
             )
     hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is not None and site.hook_name not in hook_dict:
+    if hook_dict is not None and site.host.hook_name not in hook_dict:
         available = sorted({k for k in KINDS if _kind_available(k, hook_dict)})
         raise SiteError(
             f"Site {site} ({site.hook_name}) does not exist in this model (e.g. attention-only "
@@ -260,14 +335,23 @@ def _kind_available(kind: str, hook_dict: Any) -> bool:
     return site.hook_name in hook_dict
 
 
+def n_units(model: Any, kind: str) -> int:
+    """How many heads (per-head kinds) or units (extension kinds) sites of ``kind`` have in ``model``."""
+    extension = None if kind in KINDS else _extension(kind)
+    return n_heads_for(model.cfg, kind) if extension is None else int(extension.width(model))
+
+
 def layer_sites(model: Any, kind: str) -> list[Site]:
-    """One site of ``kind`` per layer of ``model``."""
-    return [validate(Site(kind, layer), model) for layer in range(model.cfg.n_layers)]
+    """One site of ``kind`` per layer of ``model`` (an extension kind: per layer where it exists)."""
+    extension = None if kind in KINDS else _extension(kind)
+    layers = None if extension is None else extension.layers(model)
+    chosen = range(model.cfg.n_layers) if layers is None else sorted(layers)
+    return [validate(Site(kind, layer), model) for layer in chosen]
 
 
 def head_sites(model: Any, kind: str = "z") -> list[Site]:
     """One site per (layer, head) for a per-head ``kind``, layer-major."""
-    if kind not in HEAD_KINDS:
+    if not has_units(kind):
         raise SiteError(f"{kind!r} has no heads; per-head kinds are {', '.join(HEAD_KINDS)}.")
-    n_heads = n_heads_for(model.cfg, kind)
-    return [Site(kind, layer, head) for layer in range(model.cfg.n_layers) for head in range(n_heads)]
+    n_heads = n_units(model, kind)
+    return [site.with_(head=head) for site in layer_sites(model, kind) for head in range(n_heads)]

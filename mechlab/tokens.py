@@ -19,6 +19,9 @@ from mechlab.errors import MSG_NO_TOKENIZER, MSG_NOT_ONE_TOKEN, InputError
 from mechlab.types import HookedModel, Tokens
 
 TokensLike = Tensor | str | Sequence[str]
+# Models without a tokenizer (the toy models) start their sequences with this id; the toy trainer
+# and the detectors' inputs agree on it.
+TOY_BOS = 0
 
 
 def require_tokenizer(model: Any, fix: str = "pass a tensor of token ids instead of text.") -> Any:

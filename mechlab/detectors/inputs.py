@@ -21,7 +21,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechlab.errors import InputError
-from mechlab.models.toy import TOY_BOS
+from mechlab.tokens import TOY_BOS
 from mechlab.types import HookedModel, Tokens
 
 DEFAULT_SEQ_LEN = 50

@@ -98,11 +98,13 @@ def steer(
     ``u`` projected out, where ``u = direction / |direction|``.
 
     ``site`` is a whole per-layer vector activation (``resid_pre/mid/post``, ``attn_out``,
-    ``mlp_out``, ``mlp_pre``, ``mlp_post``), the kinds probes read.
+    ``mlp_out``, ``mlp_pre``, ``mlp_post``), the kinds probes read, or a whole site of a registered
+    extension kind (``mechlab.site_kinds``; the direction then has one entry per unit).
     """
     toks = as_tokens(model, tokens)
     goal = prompt_target(model, toks, target)
-    if site.kind not in VECTOR_KINDS or site.head is not None or site.pos is not None:
+    vector = site.kind in VECTOR_KINDS or site.extension is not None
+    if not vector or site.head is not None or site.pos is not None:
         raise InputError(
             f"steer adds a vector at every position of a per-layer activation [batch pos d]; {site} is "
             f"not one. Use a whole site of kind {', '.join(VECTOR_KINDS)}, e.g. Site('resid_post', 12)."

@@ -17,27 +17,20 @@ from torch import Tensor
 from mechlab.errors import InputError, SiteError
 from mechlab.executors import Executor, resolve_executor
 from mechlab.progress import Progress, SweepProgress
-from mechlab.sites import HEAD_KINDS, KINDS, Site, fit_pos, fit_site, n_heads_for, validate
-from mechlab.types import HookedModel
-
-# Kinds whose replacement reaches the model's output on TransformerLens 4 bridges. Layer-norm scales
-# are rebuilt from hooked values with a warning, and attention scores are read after the wrapped
-# module has used them in some bridges, so patching them is refused rather than silently ignored.
-PATCHABLE_KINDS: tuple[str, ...] = (
-    "resid_pre",
-    "resid_mid",
-    "resid_post",
-    "attn_out",
-    "mlp_out",
-    "mlp_pre",
-    "mlp_post",
-    "z",
-    "q",
-    "k",
-    "v",
-    "pattern",
-    "embed",
+from mechlab.sites import (
+    PATCHABLE_KINDS,
+    Site,
+    all_kinds,
+    fit_pos,
+    fit_site,
+    has_units,
+    is_layer_kind,
+    layer_sites,
+    n_units,
+    patchable,
+    validate,
 )
+from mechlab.types import HookedModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +55,11 @@ class Sweep:
     positions: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in PATCHABLE_KINDS:
-            raise SiteError(f"Cannot sweep {self.kind!r}; sweepable kinds: {', '.join(PATCHABLE_KINDS)}.")
+        if not patchable(self.kind):
+            raise SiteError(
+                f"Cannot sweep {self.kind!r}; sweepable kinds: {', '.join(PATCHABLE_KINDS)}, and "
+                "registered kinds that view one of them."
+            )
         for name in ("layers", "heads", "positions"):
             chosen = getattr(self, name)
             if chosen is not None:
@@ -75,7 +71,7 @@ class Sweep:
                 object.__setattr__(self, name, tuple(int(x) for x in chosen))
         if self.kind == "embed" and (self.layers is not None or self.heads is not None):
             raise InputError("'embed' has no layers or heads; use Sweep('embed', per_position=True).")
-        if self.heads is not None and self.kind not in HEAD_KINDS:
+        if self.heads is not None and not has_units(self.kind):
             raise InputError(f"{self.kind!r} has no heads; drop heads={self.heads}.")
         if self.positions is not None and not self.per_position:
             raise InputError("positions= only applies with per_position=True.")
@@ -99,7 +95,7 @@ class Plan:
 
 
 def _from_string(text: str) -> Sweep | list[VariantSpec]:
-    if text in KINDS:
+    if text in all_kinds():
         return Sweep(text)
     return [Site.parse(text)]
 
@@ -109,16 +105,16 @@ def _resolve_sweep(model: HookedModel, sweep: Sweep, pos_labels: Sequence[str]) 
     axes: list[str] = []
     ranges: list[list[int | None]] = []
     labels: list[tuple[str, ...]] = []
-    if sweep.kind != "embed":
-        chosen = range(n_layers) if sweep.layers is None else sweep.layers
-        layers = [validate(Site(sweep.kind, layer), model).layer for layer in chosen]
+    if is_layer_kind(sweep.kind):
+        if sweep.layers is None:
+            layers = [site.layer for site in layer_sites(model, sweep.kind)]
+        else:
+            layers = [validate(Site(sweep.kind, layer), model).layer for layer in sweep.layers]
         axes.append("layer")
         ranges.append(list(layers))
         labels.append(tuple(str(layer) for layer in layers))
-    if sweep.kind in HEAD_KINDS:
-        heads = (
-            list(sweep.heads) if sweep.heads is not None else list(range(n_heads_for(model.cfg, sweep.kind)))
-        )
+    if has_units(sweep.kind):
+        heads = list(sweep.heads) if sweep.heads is not None else list(range(n_units(model, sweep.kind)))
         axes.append("head")
         ranges.append(list(heads))
         labels.append(tuple(str(h) for h in heads))
@@ -147,7 +143,7 @@ def _product(ranges: list[list[int | None]]) -> list[tuple[int | None, ...]]:
 
 
 def _check_patchable(site: Site) -> None:
-    if site.kind not in PATCHABLE_KINDS:
+    if not patchable(site.kind):
         raise SiteError(
             f"Cannot patch {site}: {site.kind!r} activations are not fed back into the model by "
             f"every bridge. Patchable kinds: {', '.join(PATCHABLE_KINDS)}."

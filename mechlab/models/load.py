@@ -50,7 +50,7 @@ def load_model(
     Args:
         source: ``smollm2`` (bundled), ``PATH.gguf`` / ``gguf:PATH``, ``ollama:NAME[:TAG]``,
             a Hugging Face directory (``DIR`` / ``hf:DIR``), a Hub name (``hf:ORG/NAME``),
-            or ``toy:...`` (see ``mechlab.models.toy``).
+            or ``toy:...`` (see ``mechlab.toy.model``).
         device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
         dtype: parameter dtype; float32 reproduces the source's logits most closely.
         status: called with a short message before each slow step (conversion, hashing…).

@@ -1,4 +1,5 @@
-"""Toy models with known circuits, trained on CPU (the attention-only induction model)."""
+"""Toy models: small TransformerLens-native models (``model``, loaded by the ``toy:`` source in
+``source``), and toys with known circuits trained on CPU (the attention-only induction model)."""
 
 from mechlab.toy.cache import cached_induction_toy, toy_cache_dir
 from mechlab.toy.data import Layout, induction_batch

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from mechlab.models.toy import TOY_BOS
+from mechlab.tokens import TOY_BOS
 from mechlab.types import Tokens
 
 Layout: TypeAlias = Literal["random", "fixed"]

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from mechlab.files import atomic_write
-from mechlab.models import toy as toy_models
 from mechlab.progress import Progress
+from mechlab.toy import model as toy_models
 from mechlab.toy.data import Layout, induction_batch
 
 TRAINING_FILE = "training.json"

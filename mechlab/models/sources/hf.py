@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mechlab.models import hf, toy
+from mechlab.models import hf
 from mechlab.models.bridge import info_from, wrap_hf_model
 from mechlab.models.info import ModelInfo
 from mechlab.models.sources.base import Resolved, Source, Status, looks_like_path, missing
@@ -25,7 +25,7 @@ class HFSource(Source):
 
     def claims(self, text: str) -> bool:
         path = Path(text).expanduser()
-        return path.is_dir() and not toy.is_checkpoint(path)
+        return path.is_dir()
 
     def resolve(self, rest: str) -> Resolved:
         path = Path(rest).expanduser()

@@ -15,8 +15,8 @@ from mechlab.attribution.path_integral import path_integral
 from mechlab.attribution.quadrature import allocate, quadrature
 from mechlab.hooks import active_hook_count
 from mechlab.metrics import AnswerLogit, AnswerLogProb, LogitDiff
-from mechlab.models import toy
 from mechlab.targets import Target
+from mechlab.toy import model as toy
 
 
 @pytest.fixture(scope="module")

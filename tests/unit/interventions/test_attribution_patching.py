@@ -25,7 +25,7 @@ from mechlab.interventions.scoring import scorer
 @pytest.fixture(scope="module")
 def linear_model(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
     """Attention-only, no normalization: the logits are linear in every last-layer head output."""
-    from mechlab.models import toy
+    from mechlab.toy import model as toy
 
     config = {**toy.parse_spec("attn-only-2l"), "normalization_type": None}
     directory = tmp_path_factory.mktemp("linear")

@@ -8,7 +8,8 @@ import mechlab
 from mechlab.errors import DuplicateSourceError, SourceError, SourcePluginError
 from mechlab.models.load import default_sources
 from mechlab.models.sources import Resolved, Source, SourceRegistry
-from mechlab.models.sources.toy import ToySource
+from mechlab.models.sources.gguf import GGUFSource
+from mechlab.toy.source import ToySource
 from tests.unit.detectors.test_detectors import FakeDist, FakeEntryPoint
 
 
@@ -31,7 +32,7 @@ class ClaimsEverything(Source):
 
 class ClaimsGGUFFiles(Source):
     scheme = "other-gguf"
-    priority = ToySource.priority
+    priority = GGUFSource.priority
 
     def claims(self, text: str) -> bool:
         return text.endswith(".gguf")
@@ -63,7 +64,7 @@ def test_an_unknown_scheme_lists_every_installed_source() -> None:
 
 def test_two_packages_registering_one_scheme_are_named_and_the_rest_still_works() -> None:
     points = [
-        FakeEntryPoint("toy", "mechlab.models.sources.toy:ToySource", FakeDist("mechlab"), ToySource),
+        FakeEntryPoint("toy", "mechlab.toy.source:ToySource", FakeDist("mechlab"), ToySource),
         FakeEntryPoint("toy", "other_pkg:ToySource", FakeDist("other-pkg"), ToySource),
         FakeEntryPoint("seeded", "x:SeededToySource", FakeDist("seeds"), SeededToySource),
     ]
@@ -81,7 +82,7 @@ def test_a_broken_plugin_breaks_only_itself() -> None:
     points = [
         FakeEntryPoint("broken", "bad:Thing", FakeDist("bad"), ImportError("no module named bad")),
         FakeEntryPoint("notasource", "bad:Other", FakeDist("bad"), object),
-        FakeEntryPoint("toy", "mechlab.models.sources.toy:ToySource", FakeDist("mechlab"), ToySource),
+        FakeEntryPoint("toy", "mechlab.toy.source:ToySource", FakeDist("mechlab"), ToySource),
     ]
     registry = SourceRegistry.from_entry_points(points)
     with pytest.raises(SourcePluginError, match=r"'broken' from bad \(bad:Thing\) could not be loaded"):

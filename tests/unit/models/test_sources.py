@@ -250,7 +250,7 @@ def test_toy_unknown_preset() -> None:
 
 
 def test_toy_checkpoint_round_trip(tmp_path: Path) -> None:
-    from mechlab.models.toy import parse_spec
+    from mechlab.toy.model import parse_spec
 
     config = parse_spec("tiny,seed=5")
     original = mechlab.load_model("toy:tiny,seed=5").model

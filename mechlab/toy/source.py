@@ -1,20 +1,22 @@
 """``toy:PRESET[,key=value…]`` / ``toy:DIR``: a small TransformerLens-native model
-(``mechlab.models.toy``)."""
+(``mechlab.toy.model``)."""
 
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mechlab.models import toy
 from mechlab.models.bridge import info_from
 from mechlab.models.info import ModelInfo
 from mechlab.models.sources.base import Source, Status
+from mechlab.toy import model as toy
 
 
 class ToySource(Source):
     scheme = "toy"
     forms = ("toy:PRESET | toy:DIR | toy:key=value,...   a small TransformerLens-native model",)
+    # Ahead of the hf source, which claims every directory: a toy checkpoint is one too.
+    priority = 40
 
     def claims(self, text: str) -> bool:
         path = Path(text).expanduser()

@@ -21,10 +21,6 @@ from mechlab.errors import CorruptModelError, SourceError
 
 CONFIG_FILE = "toy_config.json"
 WEIGHTS_FILE = "model.safetensors"
-# Toy models have no tokenizer; their sequences start with this id (the toy trainer and the
-# detectors' inputs agree on it).
-TOY_BOS = 0
-
 PRESETS: dict[str, dict[str, Any]] = {
     # The attention-only 2-layer model of the induction-head literature, at CPU-trainable size.
     "attn-only-2l": dict(
