@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, non_negative_float, positive_int, progress
+from mechlab.cli.common import Add, Handler, load, non_negative_float, outputs, positive_int, progress
 
 
 def info_table(info: "mechlab.ModelInfo") -> Table:
@@ -71,6 +71,7 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    outputs(args, "html")
     loaded = load(args, console)
     with progress(console, f"Comparing with {args.reference}"):
         report = mechlab.verify(
@@ -78,6 +79,7 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
             max_new_tokens=args.max_new_tokens,
             tolerance=args.tolerance,
             reference=args.reference,
+            layers=args.layers,
         )
     if args.json:
         console.print_json(json.dumps(report.to_dict()))
@@ -85,8 +87,25 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
         mark = "[green]=[/]" if pair.agree else "[red]≠[/]"
         texts = f"{pair.prompt!r} → hooked {pair.hooked!r} / reference {pair.reference!r}"
         console.print(f"{mark} {escape(texts)}")
+    if report.layers:
+        print_layers(console, report)
+    if args.html:
+        console.print(f"Wrote {escape(str(report.page().save(args.html)))}")
     console.print(("[bold green]" if report.passed else "[bold red]") + escape(report.summary()))
     return 0 if report.passed else 1
+
+
+def print_layers(console: Console, report: mechlab.VerifyReport) -> None:
+    """The per-layer relative errors against llama.cpp, diverging layers in red."""
+    kinds = [
+        k for k in report.layers[0].errors if any(row.errors.get(k) is not None for row in report.layers)
+    ]
+    table = Table("layer", *kinds, title="relative error ‖ours − llama.cpp‖ / ‖llama.cpp‖")
+    for row in report.layers:
+        style = "red" if row.diverges else None
+        cells = ["–" if row.errors.get(k) is None else f"{row.errors[k]:.2%}" for k in kinds]
+        table.add_row(str(row.layer), *cells, style=style)
+    console.print(table)
 
 
 HANDLERS: dict[str, Handler] = {"info": cmd_info, "generate": cmd_generate, "verify": cmd_verify}
@@ -126,4 +145,11 @@ def add_parsers(add: Add) -> None:
         default=None,
         help="max |Δ log-prob| (transformers; float32: 1e-4) or max mean KL in nats (llamacpp: 0.01)",
     )
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="with --reference llamacpp: compare llama.cpp's intermediate tensors with the hook points, "
+        "layer by layer (where a disagreement starts)",
+    )
+    p.add_argument("--html", metavar="FILE", help="also write the comparison as a self-contained HTML page")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")

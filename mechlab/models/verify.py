@@ -9,22 +9,27 @@ compares their next-token distributions at every position and their greedy conti
 - ``reference="llamacpp"``: llama.cpp itself on the same GGUF file and token ids
   (``mechlab.models.references.llamacpp``). It quantizes activations, so the criterion is a mean KL
   of at most 0.01 nats per position and top-1 agreement of at least 90%; greedy continuations are
-  reported (a near-tie may go either way).
+  reported (a near-tie may go either way). With ``layers=True`` it also compares llama.cpp's
+  intermediate tensors with the hook points, layer by layer (``LayerAgreement``), so a disagreement
+  shows where it starts.
 """
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mechlab.errors import InputError
+from mechlab.hooks import hooked, recorder
 from mechlab.models import decoding
 from mechlab.models.gguf import strip_quantization
 from mechlab.models.hf import quiet_transformers
 from mechlab.models.load import LoadedModel, load_model, resolve_source
 from mechlab.models.references import llamacpp
+from mechlab.sites import Site
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "The Eiffel Tower is located in the city of",
@@ -34,6 +39,26 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 DEFAULT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}
 LOW_PRECISION_TOLERANCE = 0.1
+# Relative error against llama.cpp beyond which a layer counts as diverging. llama.cpp's activation
+# quantization alone stays under 8% on SmolLM2 Q4_1 (residual stream ≤ 3%, attention and MLP outputs
+# ≤ 7.6%); one block's attention output off by half gives 50% there.
+LAYER_TOLERANCE = 0.15
+LAYER_KINDS: tuple[str, ...] = tuple(llamacpp.LAYER_TENSORS.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerAgreement:
+    """One block's relative error against llama.cpp per kind (``attn_out``, ``resid_mid``,
+    ``mlp_out``, ``resid_post``): ``‖ours − theirs‖ / ‖theirs‖`` at each position, averaged over the
+    positions of every prompt (so the first token's large residual norm does not hide the rest);
+    ``None`` where llama.cpp names no such tensor for this architecture."""
+
+    layer: int
+    errors: dict[str, float | None]
+
+    @property
+    def diverges(self) -> bool:
+        return any(error is not None and error > LAYER_TOLERANCE for error in self.errors.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +88,13 @@ class VerifyReport:
     tolerance: float
     seconds: float
     runtime: bool = False  # compared with llama.cpp: judged by mean KL and top-1, not exactness
+    layers: tuple[LayerAgreement, ...] = ()
+
+    @property
+    def first_divergence(self) -> int | None:
+        """The first layer with a tensor that differs from llama.cpp's by more than
+        ``LAYER_TOLERANCE`` (``None``: none does, or layers were not compared)."""
+        return next((row.layer for row in self.layers if row.diverges), None)
 
     @property
     def generation_agreement(self) -> float:
@@ -91,16 +123,62 @@ class VerifyReport:
                 f"max |Δ log-prob| {self.max_abs_dlogprob:.2e} (tolerance {self.tolerance:.0e}), KL mean "
                 f"{self.mean_kl:.2e} / max {self.max_kl:.2e} nats, top-1 agreement {self.top1_agreement:.1%}"
             )
-        return (
+        text = (
             f"{verdict}: hooked model vs {self.reference} on {self.n_prompts} prompts "
             f"({self.n_positions} positions): {measured}, greedy generations identical "
             f"{self.generation_agreement:.0%}"
         )
+        if self.layers:
+            worst = max(error or 0.0 for row in self.layers for error in row.errors.values())
+            first = self.first_divergence
+            text += (
+                f"; every layer's tensors within {worst:.1%} of llama.cpp's"
+                if first is None
+                else f"; the tensors first differ beyond {LAYER_TOLERANCE:.0%} at layer {first}"
+            )
+        return text
+
+    def page(self) -> Any:
+        """The layer-by-layer comparison as an offline page (``mechlab.Page``): a table and a plot."""
+        from mechlab.render.figures import lines
+        from mechlab.render.page import Page
+
+        page = Page("mechlab verify", subtitle=self.source)
+        section = page.section("Agreement", self.summary())
+        if not self.layers:
+            return page
+        kinds = [k for k in LAYER_KINDS if any(row.errors.get(k) is not None for row in self.layers)]
+        series: dict[str, Sequence[float]] = {
+            k: [row.errors.get(k) or float("nan") for row in self.layers] for k in kinds
+        }
+        fig = lines(
+            series,
+            title=f"Relative error against {self.reference}, per layer",
+            xlabel="layer",
+            ylabel="‖ours − llama.cpp‖ / ‖llama.cpp‖",
+        )
+        fig.axes[0].set_yscale("log")
+        fig.axes[0].axhline(LAYER_TOLERANCE, color="red", linestyle="--", linewidth=1)
+        section.figure(fig, alt="relative error per layer and kind")
+        rows = [
+            [row.layer, *(_percent(row.errors.get(k)) for k in kinds), "diverges" if row.diverges else ""]
+            for row in self.layers
+        ]
+        section.table(["layer", *kinds, ""], rows, caption=f"dashed line: {LAYER_TOLERANCE:.0%}")
+        return page
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.update(passed=self.passed, generation_agreement=self.generation_agreement)
+        data.update(
+            passed=self.passed,
+            generation_agreement=self.generation_agreement,
+            first_divergence=self.first_divergence,
+        )
         return data
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2%}"
 
 
 @dataclasses.dataclass
@@ -112,11 +190,35 @@ class _Tally:
     kls: list[torch.Tensor] = dataclasses.field(default_factory=list)
     top1: list[torch.Tensor] = dataclasses.field(default_factory=list)
     generations: list[GenerationPair] = dataclasses.field(default_factory=list)
+    # (kind, layer) → [Σ relative error over positions, number of positions] over prompts
+    layer_sums: dict[tuple[str, int], list[float]] = dataclasses.field(default_factory=dict)
 
-    def add(self, hooked: torch.Tensor, ref: torch.Tensor) -> None:
-        self.dlogprob.append((hooked - ref).abs().amax().item())
-        self.kls.append((ref.exp() * (ref - hooked)).sum(-1))
-        self.top1.append((hooked.argmax(-1) == ref.argmax(-1)).float())
+    def add_layers(
+        self, ours: dict[tuple[str, int], torch.Tensor], theirs: dict[tuple[str, int], Any]
+    ) -> None:
+        for key, ref in theirs.items():
+            if key in ours:
+                ref_t = torch.as_tensor(ref, dtype=torch.float64)
+                per_position = (ours[key] - ref_t).norm(dim=-1) / ref_t.norm(dim=-1).clamp_min(1e-30)
+                sums = self.layer_sums.setdefault(key, [0.0, 0.0])
+                sums[0] += float(per_position.sum())
+                sums[1] += per_position.numel()
+
+    def layer_rows(self, n_layers: int) -> tuple[LayerAgreement, ...]:
+        def error(kind: str, layer: int) -> float | None:
+            sums = self.layer_sums.get((kind, layer))
+            return None if sums is None else sums[0] / sums[1]
+
+        return tuple(
+            LayerAgreement(layer, {kind: error(kind, layer) for kind in LAYER_KINDS})
+            for layer in range(n_layers)
+            if any((kind, layer) in self.layer_sums for kind in LAYER_KINDS)
+        )
+
+    def add(self, ours: torch.Tensor, ref: torch.Tensor) -> None:
+        self.dlogprob.append((ours - ref).abs().amax().item())
+        self.kls.append((ref.exp() * (ref - ours)).sum(-1))
+        self.top1.append((ours.argmax(-1) == ref.argmax(-1)).float())
 
     def report(
         self, loaded: LoadedModel, reference: str, *, tolerance: float, start: float, runtime: bool = False
@@ -135,6 +237,7 @@ class _Tally:
             tolerance=tolerance,
             seconds=round(time.perf_counter() - start, 2),
             runtime=runtime,
+            layers=self.layer_rows(int(loaded.model.cfg.n_layers)),
         )
 
 
@@ -219,6 +322,7 @@ def verify(
     max_new_tokens: int = 12,
     tolerance: float | None = None,
     reference: str = "transformers",
+    layers: bool = False,
 ) -> VerifyReport:
     """Load ``source`` (unless ``loaded`` is given) and compare it with an independent reference.
 
@@ -227,6 +331,8 @@ def verify(
             (llama.cpp itself; GGUF sources only; needs ``mechlab[llamacpp]``).
         tolerance: max |Δ log-prob| (transformers) or max mean KL in nats (llama.cpp); default
             1e-4 in float32, 0.01 against llama.cpp.
+        layers: also compare llama.cpp's intermediate tensors with the hook points, layer by layer
+            (``report.layers``, ``report.first_divergence``; llama.cpp only).
 
     Returns:
         A ``VerifyReport``; ``report.passed`` is False when any prompt disagrees beyond tolerance.
@@ -237,11 +343,18 @@ def verify(
     """
     if reference not in ("transformers", "llamacpp"):
         raise InputError(f"Unknown reference {reference!r}: use 'transformers' or 'llamacpp'.")
+    if layers and reference != "llamacpp":
+        raise InputError(
+            "layers=True compares llama.cpp's intermediate tensors with the hook points; use "
+            "reference='llamacpp' (command line: --reference llamacpp --layers)."
+        )
     if reference == "llamacpp" and llamacpp.available() is None:
         raise InputError(llamacpp.INSTALL)
     loaded = loaded or load_model(source, device=device, dtype=dtype)
     if reference == "llamacpp":
-        return compare_llamacpp(loaded, prompts=prompts, max_new_tokens=max_new_tokens, tolerance=tolerance)
+        return compare_llamacpp(
+            loaded, prompts=prompts, max_new_tokens=max_new_tokens, tolerance=tolerance, layers=layers
+        )
     reference_model, description = load_reference(loaded.info.source)
     return compare(
         loaded,
@@ -260,8 +373,10 @@ def compare_llamacpp(
     prompts: tuple[str, ...] = DEFAULT_PROMPTS,
     max_new_tokens: int = 12,
     tolerance: float | None = None,
+    layers: bool = False,
 ) -> VerifyReport:
-    """Compare a hooked model loaded from a GGUF file with llama.cpp running that file."""
+    """Compare a hooked model loaded from a GGUF file with llama.cpp running that file (with
+    ``layers``, also its intermediate tensors with the hook points)."""
     if loaded.info.kind != "gguf" or loaded.info.path is None:
         raise InputError(
             f"llama.cpp runs GGUF files; {loaded.info.source!r} is a {loaded.info.kind} source. Verify it "
@@ -273,18 +388,26 @@ def compare_llamacpp(
     tokenized = [model.to_tokens(prompt)[0].tolist() for prompt in prompts]
     n_ctx = max(len(t) for t in tokenized) + max_new_tokens + 1
     tally = _Tally()
+    keys = [(kind, layer) for kind in LAYER_KINDS for layer in range(model.cfg.n_layers)] if layers else []
+    sites = {key: Site(*key) for key in keys}
     with llamacpp.LlamaCpp(path, n_ctx=n_ctx) as runtime:
         for prompt, tokens in zip(prompts, tokenized, strict=True):
             ids = torch.tensor([tokens], device=model.cfg.device)
-            hooked = torch.log_softmax(model(ids).double().cpu(), dim=-1)[0]
-            tally.add(hooked, torch.log_softmax(torch.from_numpy(runtime.logits(tokens)), dim=-1))
-            ours = decoding.decode(
+            acts: dict[Site, torch.Tensor] = {}
+            with hooked(model, [(site, recorder(acts)) for site in sites.values()]):
+                logits = model(ids)
+            ours = torch.log_softmax(logits.double().cpu(), dim=-1)[0]
+            tally.add(ours, torch.log_softmax(torch.from_numpy(runtime.logits(tokens)), dim=-1))
+            if layers:
+                mine = {key: acts[site][0].double().cpu() for key, site in sites.items()}
+                tally.add_layers(mine, runtime.intermediates(tokens))
+            continued = decoding.decode(
                 model, ids, max_new_tokens=max_new_tokens, stop_ids=stops, through_hooks=True
             )
             theirs = runtime.greedy(tokens, max_new_tokens, stops)
             decode_text = loaded.tokenizer.decode
             tally.generations.append(
-                GenerationPair(prompt, decode_text(list(ours.token_ids)), decode_text(theirs))
+                GenerationPair(prompt, decode_text(list(continued.token_ids)), decode_text(theirs))
             )
     tolerance = llamacpp.MAX_MEAN_KL if tolerance is None else tolerance
     return tally.report(

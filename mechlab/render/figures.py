@@ -56,7 +56,7 @@ def heatmap(
 
 
 def lines(
-    series: dict[str, torch.Tensor | np.ndarray | Sequence[float]],
+    series: Mapping[str, torch.Tensor | np.ndarray | Sequence[float]],
     *,
     title: str,
     xlabel: str,

@@ -13,6 +13,7 @@ from mechlab.models.references import llamacpp
 from tests.integration.gguf_files import write_gguf
 from tests.integration.test_gguf_architectures import tiny_hf
 
+PROMPTS = ("The Eiffel Tower is located in the city of", "def fibonacci(n):\n    if n < 2:\n        return")
 pytestmark = [
     pytest.mark.llamacpp,
     pytest.mark.skipif(
@@ -67,3 +68,58 @@ def test_a_conversion_bug_is_caught(tmp_path: Path, monkeypatch) -> None:
 def test_llama_cpp_needs_a_gguf_source() -> None:
     with pytest.raises(mechlab.InputError, match=r"llama\.cpp runs GGUF files"):
         mechlab.verify("toy:tiny", reference="llamacpp")
+
+
+@pytest.mark.smollm2
+def test_smollm2_agrees_with_llama_cpp_layer_by_layer(smollm2, tmp_path: Path) -> None:
+    report = mechlab.verify(
+        loaded=smollm2, reference="llamacpp", layers=True, prompts=PROMPTS, max_new_tokens=2
+    )
+    assert [row.layer for row in report.layers] == list(range(30))
+    for row in report.layers:
+        assert set(row.errors) == {"attn_out", "resid_mid", "mlp_out", "resid_post"}
+        # llama.cpp's activation quantization alone: a few percent at most, never zero.
+        assert all(1e-4 < (error or 0) < 0.1 for error in row.errors.values()), row
+        assert (row.errors["resid_post"] or 0) < 0.04
+    assert report.first_divergence is None and report.passed
+    page = report.page().save(tmp_path / "verify.html").read_text()
+    assert "resid_post" in page and "<img" in page
+
+
+@pytest.mark.smollm2
+def test_a_disagreement_shows_the_layer_where_it_starts(smollm2) -> None:
+    """A hooked model whose layer-12 attention output is off by half (a conversion bug confined to one
+    block) agrees with llama.cpp up to layer 11 and diverges from layer 12 on."""
+    wrong = {mechlab.Site("attn_out", 12): lambda act, site: act * 1.5}
+    with mechlab.hooked(smollm2.model, wrong):
+        report = mechlab.verify(
+            loaded=smollm2, reference="llamacpp", layers=True, prompts=PROMPTS, max_new_tokens=2
+        )
+    assert report.first_divergence == 12, report.summary()
+    assert not any(row.diverges for row in report.layers[:12])
+    assert report.layers[12].errors["attn_out"] > 0.3  # type: ignore[operator]
+    assert "the tensors first differ beyond 15% at layer 12" in report.summary()
+
+
+@pytest.mark.smollm2
+def test_the_cli_prints_the_layer_table_and_writes_the_page(tmp_path: Path, capsys) -> None:
+    html = tmp_path / "verify.html"
+    assert (
+        main(
+            [
+                "verify",
+                "smollm2",
+                "--reference",
+                "llamacpp",
+                "--layers",
+                "--max-new-tokens",
+                "2",
+                "--html",
+                str(html),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "resid_post" in out and "│ 29" in out and "every layer's tensors within" in " ".join(out.split())
+    assert html.is_file()

@@ -10,6 +10,9 @@ mean KL is ~0.004–0.005 nats per position with ~90–95% top-1 agreement, whil
 (a wrong attention scale costs ~0.4 nats).
 """
 
+import ctypes
+import os
+import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,12 @@ INSTALL = (
 # Mean KL (nats per position) and top-1 agreement a faithful conversion reaches against llama.cpp.
 MAX_MEAN_KL = 0.01
 MIN_TOP1 = 0.9
+# llama.cpp's names (``name-LAYER``) for the intermediate tensors matched with mechlab's hook points:
+# the attention output (after the output projection), the residual stream entering the MLP, the MLP
+# output, and the block output.
+LAYER_TENSORS = {"attn_out": "attn_out", "ffn_inp": "resid_mid", "ffn_out": "mlp_out", "l_out": "resid_post"}
+_LAYER_NAME = re.compile(r"^(?P<name>[a-z_]+)-(?P<layer>\d+)$")
+_GGML_F32 = 0
 
 
 class LlamaCpp:
@@ -73,6 +82,93 @@ class LlamaCpp:
                 break
             self._llm.eval([token])
         return new
+
+    def intermediates(self, tokens: Sequence[int]) -> dict[tuple[str, int], np.ndarray]:
+        """llama.cpp's intermediate tensors for ``tokens`` (one pass from an empty context), keyed by
+        ``(kind, layer)`` with mechlab's kind names (``LAYER_TENSORS``), each ``[pos, width]``.
+
+        A second context on the same weights runs with llama.cpp's evaluation callback (``cb_eval``),
+        which hands over every tensor of the graph as it is computed; the named ones are copied out.
+        """
+        import llama_cpp
+
+        ggml = _ggml()
+        found: dict[tuple[str, int], np.ndarray] = {}
+
+        def wanted(tensor: int) -> tuple[str, int] | None:
+            match = _LAYER_NAME.match(ggml.ggml_get_name(tensor).decode(errors="replace"))
+            if match is None or match["name"] not in LAYER_TENSORS:
+                return None
+            return LAYER_TENSORS[match["name"]], int(match["layer"])
+
+        failures: list[BaseException] = []
+
+        def copy(tensor: int, key: tuple[str, int]) -> None:
+            # The tensor's type is its struct's first field; the tensors named above are F32 rows.
+            if ctypes.cast(tensor, ctypes.POINTER(ctypes.c_int32))[0] != _GGML_F32:
+                return
+            if not ggml.ggml_is_contiguous(tensor):
+                return
+            rows, n = int(ggml.ggml_nrows(tensor)), int(ggml.ggml_nelements(tensor))
+            out = np.empty(n, dtype=np.float32)
+            ggml.ggml_backend_tensor_get(tensor, out.ctypes.data, 0, out.nbytes)
+            found[key] = out.reshape(rows, n // rows).astype(np.float64)
+
+        @llama_cpp.ggml_backend_sched_eval_callback  # type: ignore[untyped-decorator]
+        def observe(tensor: int, ask: bool, user_data: object) -> bool:
+            # ctypes drops exceptions raised in a callback; keep them and raise after the pass.
+            try:
+                key = wanted(tensor)
+                if not ask and key is not None:
+                    copy(tensor, key)
+                return key is not None or not ask
+            except BaseException as error:
+                failures.append(error)
+                return False
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = max(len(tokens), 8)
+        params.cb_eval = observe
+        ctx = llama_cpp.llama_init_from_model(self._llm.model, params)
+        if not ctx:
+            raise InputError("llama.cpp could not create a context to read its intermediate tensors.")
+        batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+        try:
+            batch.n_tokens = len(tokens)
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, True
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise InputError(f"llama.cpp failed to evaluate {len(tokens)} tokens.")
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_free(ctx)
+        if failures:
+            raise RuntimeError("Reading llama.cpp's intermediate tensors failed.") from failures[0]
+        if not found:
+            raise InputError(
+                f"llama.cpp computed none of the tensors mechlab compares ({', '.join(LAYER_TENSORS)} "
+                "with a layer number) for this architecture; compare logits only (drop --layers)."
+            )
+        return found
+
+
+def _ggml() -> Any:
+    """ggml's tensor accessors from the library llama-cpp-python ships."""
+    import llama_cpp
+
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    pointer, size = ctypes.c_void_p, ctypes.c_size_t
+    for name, restype, argtypes in (
+        ("ggml_get_name", ctypes.c_char_p, [pointer]),
+        ("ggml_nelements", ctypes.c_int64, [pointer]),
+        ("ggml_nrows", ctypes.c_int64, [pointer]),
+        ("ggml_is_contiguous", ctypes.c_bool, [pointer]),
+        ("ggml_backend_tensor_get", None, [pointer, pointer, size, size]),
+    ):
+        function = getattr(lib, name)
+        function.restype, function.argtypes = restype, argtypes
+    return lib
 
 
 def available() -> Any:

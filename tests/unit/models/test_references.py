@@ -1,9 +1,13 @@
-"""Choosing a verification reference: unknown names and a missing llama-cpp-python are clear errors."""
+"""Choosing a verification reference: unknown names and a missing llama-cpp-python are clear errors;
+the per-layer comparison's arithmetic."""
 
+import numpy as np
 import pytest
+import torch
 
 import mechlab
 from mechlab.models.references import llamacpp
+from mechlab.models.verify import _Tally
 
 
 def test_an_unknown_reference_is_refused() -> None:
@@ -15,3 +19,23 @@ def test_without_llama_cpp_python_the_error_says_how_to_install_it(monkeypatch) 
     monkeypatch.setattr(llamacpp, "available", lambda: None)
     with pytest.raises(mechlab.InputError, match=r"make install-llamacpp.*--reference transformers"):
         mechlab.verify("toy:tiny", reference="llamacpp")
+
+
+def test_layer_by_layer_comparison_needs_llama_cpp() -> None:
+    with pytest.raises(
+        mechlab.InputError, match=r"reference='llamacpp' \(command line: --reference llamacpp --layers\)"
+    ):
+        mechlab.verify("toy:tiny", layers=True)
+
+
+def test_per_layer_relative_errors_and_where_they_first_exceed_the_tolerance() -> None:
+    tally = _Tally()
+    ref = np.ones((3, 4))
+    for layer, scale in enumerate((1.01, 1.02, 1.2, 1.01)):
+        ours = {("resid_post", layer): torch.full((3, 4), scale, dtype=torch.float64)}
+        tally.add_layers(ours, {("resid_post", layer): ref, ("attn_out", layer): ref})  # no attn_out of ours
+    rows = tally.layer_rows(n_layers=5)
+    assert [row.layer for row in rows] == [0, 1, 2, 3]
+    assert [round(row.errors["resid_post"] or 0, 6) for row in rows] == [0.01, 0.02, 0.2, 0.01]
+    assert rows[0].errors["attn_out"] is None and rows[0].errors["mlp_out"] is None
+    assert [row.diverges for row in rows] == [False, False, True, False]
