@@ -38,6 +38,7 @@ from mechlab.sites import (
     lookup_key,
     n_heads_for,
     n_units,
+    stop_layer,
     validate,
 )
 from mechlab.types import HookedModel, Logits, Tokens
@@ -211,7 +212,7 @@ def capture(
         sites: a Site, a site string (``"z.3.5"``, ``"resid_pre.4@-1"``), a kind (``"resid_post"``:
             every layer), or a list of these.
         max_bytes: refuse (``MemoryLimitError``) when the estimate exceeds it; ``None``: no limit.
-        logits: keep the logits too.
+        logits: keep the logits too; without them the blocks after the deepest site are not run.
 
     Returns:
         ``Activations``: detached copies, so later runs never change them; keyed by the sites with
@@ -234,7 +235,9 @@ def capture(
         )
     values: dict[Site, Tensor] = {}
     keep = recorder(values, sliced=True)
+    # Without logits, the blocks after the deepest site are not run.
+    stop = None if logits else stop_layer(wanted, int(model.cfg.n_layers))
     with torch.no_grad(), hooked(model, [(site, keep) for site in wanted]):
-        out = model(tokens)
+        out = model(tokens) if stop is None else model(tokens, stop_at_layer=stop)
     kept = {site: values[site] for site in wanted}
     return Activations(kept, out.detach() if logits else None, tokens, int(model.cfg.n_layers))

@@ -5,10 +5,12 @@ texts, or a tensor of token ids), runs one batch at a time, and writes each batc
 ``out_dir/shard-000042.safetensors`` (``tokens``, ``lengths`` and one tensor per site) before
 recording it in ``out_dir/manifest.json``. Memory stays at one batch whatever the dataset size.
 
-Both files are written atomically (temporary file + rename) and the manifest only lists shards
-that are complete, so an interruption at any moment leaves a directory that ``capture_dataset``
-resumes: it skips the recorded batches (checking that the inputs still hash the same), rewrites
-any shard left behind by the interruption, and continues. No batch is written twice or lost.
+Each batch written is one task of an executor (``mechlab.executors``); the driver records a shard
+in the manifest once it and every shard before it are on disk. Both files are written atomically
+(temporary file + rename) and the manifest only lists shards that are complete, so an interruption
+at any moment leaves a directory that ``capture_dataset`` resumes: it skips the recorded batches
+(checking that the inputs still hash the same), rewrites any shard left behind by the interruption,
+and continues. No batch is written twice or lost.
 
 Every shard's size, modification time and sha256 are recorded in the manifest. A resumed run checks
 each shard it skips (size and modification time; the full sha256 with ``verify_shards=True``) and
@@ -29,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Shaped
+from jaxtyping import Int, Shaped
 from torch import Tensor
 
 from mechlab.activations import SitesSpec, capture, resolve_sites
 from mechlab.errors import MSG_CAPTURE_MISMATCH, CaptureStoreError, CorruptCaptureError, InputError
+from mechlab.executors import Executor, resolve_executor
 from mechlab.files import atomic_write, remove_stale, sha256_of
 from mechlab.progress import Progress
 from mechlab.sites import PATTERN_KINDS, Site, fit_pos
@@ -270,6 +273,7 @@ def capture_dataset(
     pad_id: int = 0,
     progress: Progress | None = None,
     verify_shards: bool = False,
+    executor: Executor | str | None = None,
 ) -> CaptureDataset:
     """Capture ``sites`` for every input, streaming batches to safetensors shards in ``out_dir``.
 
@@ -285,6 +289,8 @@ def capture_dataset(
             e.g. ``mechlab.RichProgress()``.
         verify_shards: when resuming, hash every recorded shard (default: only those whose size or
             modification time changed); a damaged shard is rewritten either way.
+        executor: writes the shards, one task per batch, drawn from the inputs as it starts them
+            (``mechlab.executors``; default: in this process, in order).
 
     Returns:
         The finished ``CaptureDataset``.
@@ -309,37 +315,86 @@ def capture_dataset(
     manifest = _start(directory, settings)
     done = list(manifest["shards"])
     remove_stale(directory, ".shard-")  # temporary shards of a run that was killed mid-write
-
-    def write(index: int, tokens: Tensor, lengths: Tensor, digest: str) -> dict[str, Any]:
-        return _write_shard(model, directory, index, tokens, lengths, wanted, dtype, digest)
-
     resumed, total = len(done), _total(inputs, batch_size)
     rows = sum(int(s["rows"]) for s in done)
     seen = 0
-    for index, batch in enumerate(_batches(model, inputs, batch_size)):
-        seen = index + 1
-        tokens, lengths = _pad(batch, pad_id)
-        digest = _digest(tokens, lengths)
-        if index < len(done):
-            if done[index]["tokens_sha256"] != digest:
-                what = f"batch {index} has different tokens than when it was written"
-                raise CaptureStoreError(MSG_CAPTURE_MISMATCH.format(out_dir=directory, what=what))
-            if shard_problem(directory, done[index], full=verify_shards) is None:
-                continue
-            done[index] = _guarded(directory, f"shard {index}", write, index, tokens, lengths, digest)
+    waiting: dict[int, dict[str, Any]] = {}  # new shards on disk, waiting for a shard before them
+
+    def tasks() -> Iterator[Shard]:
+        nonlocal seen
+        for index, batch in enumerate(_batches(model, inputs, batch_size)):
+            seen = index + 1
+            tokens, lengths = _pad(batch, pad_id)
+            shard = Shard(index, tokens, lengths, _digest(tokens, lengths))
+            if index < resumed:
+                if done[index]["tokens_sha256"] != shard.digest:
+                    what = f"batch {index} has different tokens than when it was written"
+                    raise CaptureStoreError(MSG_CAPTURE_MISMATCH.format(out_dir=directory, what=what))
+                if shard_problem(directory, done[index], full=verify_shards) is None:
+                    continue
+            yield shard
+
+    def arrived(_: int, entry: dict[str, Any]) -> None:
+        nonlocal rows
+        index, before = int(entry["index"]), len(done)
+        if index < resumed:
+            done[index] = entry  # a damaged shard, rewritten
+        else:
+            waiting[index] = entry
+        while len(done) in waiting:
+            done.append(waiting.pop(len(done)))
+            rows += int(done[-1]["rows"])
+        if index < resumed or len(done) > before:
             _guarded(directory, MANIFEST, _save, directory, {**manifest, "shards": done, "complete": False})
-            continue
-        done.append(_guarded(directory, f"shard {index}", write, index, tokens, lengths, digest))
-        rows += len(batch)
-        _guarded(directory, MANIFEST, _save, directory, {**manifest, "shards": done, "complete": False})
-        if progress is not None:
+        if len(done) > before and progress is not None:
             progress(CaptureProgress(len(done), rows, total, resumed))
-    if seen < len(done):
-        what = f"it holds {len(done)} batches but these inputs make only {seen}"
+
+    writer = ShardWriter(model, directory, tuple(wanted), dtype)
+    resolve_executor(executor).map(writer, tasks(), on_result=arrived)
+    if seen < resumed:
+        what = f"it holds {resumed} batches but these inputs make only {seen}"
         raise CaptureStoreError(MSG_CAPTURE_MISMATCH.format(out_dir=directory, what=what))
     manifest = {**manifest, "shards": done, "complete": True, "rows": rows}
     _guarded(directory, MANIFEST, _save, directory, manifest)
     return CaptureDataset(directory, manifest)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """A task: batch ``index``'s right-padded tokens, their lengths and the digest of both."""
+
+    index: int
+    tokens: Int[Tensor, "batch pos"]
+    lengths: Int[Tensor, " batch"]
+    digest: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardWriter:
+    """The work of every ``capture_dataset`` task: capture a batch and write its shard.
+
+    Returns the shard's manifest entry; an ``OSError`` (a full disk) becomes a ``CaptureStoreError``.
+    """
+
+    model: HookedModel
+    directory: Path
+    sites: tuple[Site, ...]
+    dtype: torch.dtype | None
+
+    def __call__(self, shard: Shard) -> dict[str, Any]:
+        return _guarded(
+            self.directory,
+            f"shard {shard.index}",
+            _write_shard,
+            self.model,
+            self.directory,
+            shard.index,
+            shard.tokens,
+            shard.lengths,
+            self.sites,
+            self.dtype,
+            shard.digest,
+        )
 
 
 MSG_DISK = (

@@ -18,6 +18,7 @@ name plus ``.hook_{name}``, and ``host`` the hook point they are read from and w
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from torch import Tensor
@@ -60,6 +61,7 @@ __all__ = [
     "n_heads_for",
     "n_units",
     "patchable",
+    "stop_layer",
     "validate",
 ]
 
@@ -333,6 +335,22 @@ def validate(site: Site, model: Any) -> Site:
 def _kind_available(kind: str, hook_dict: Any) -> bool:
     site = Site(kind, 0) if kind in LAYER_KINDS else Site(kind)
     return site.hook_name in hook_dict
+
+
+def stop_layer(sites: Iterable[Site], n_layers: int) -> int | None:
+    """The first block no site of ``sites`` needs (0 when only embeddings are read), for
+    ``stop_at_layer``; ``None`` when a site needs the whole model or the last block is needed."""
+    stops = []
+    for site in sites:
+        host = site.host
+        if host.kind in ("embed", "pos_embed"):
+            stops.append(0)
+        elif host.layer is None:
+            return None
+        else:
+            stops.append(host.layer + 1)
+    stop = max(stops, default=n_layers)
+    return stop if stop < n_layers else None
 
 
 def n_units(model: Any, kind: str) -> int:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mechlab.attribution.quadrature import Quadrature, allocate, gauss_legendre, quadrature
 from mechlab.hooks import hooked, recorder
-from mechlab.sites import Site
+from mechlab.sites import Site, stop_layer
 from mechlab.targets import Target
 from mechlab.types import HookedModel, Tokens
 
@@ -40,13 +40,6 @@ def constant(value: Tensor) -> Callable[[Tensor, Site], Tensor]:
     return fn
 
 
-def _stop_layer(site: Site) -> int | None:
-    """The block after which ``site`` has been computed (``None``: it needs the whole model)."""
-    if site.kind == "embed":
-        return 0
-    return None if site.layer is None else site.layer + 1
-
-
 @torch.no_grad()
 def activation_at(
     model: HookedModel, tokens: Tokens, site: Site, replace: dict[Site, Tensor] | None = None
@@ -60,9 +53,9 @@ def activation_at(
         (s, constant(v)) for s, v in (replace or {}).items()
     ]
     spec.append((site, recorder(seen)))
-    stop = _stop_layer(site)
+    stop = stop_layer([site], int(model.cfg.n_layers))
     with hooked(model, spec):
-        if stop is None or stop >= int(model.cfg.n_layers):
+        if stop is None:
             model(tokens)
         else:
             model(tokens, stop_at_layer=stop)

@@ -95,7 +95,7 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     return 0 if report.passed else 1
 
 
-def print_layers(console: Console, report: mechlab.VerifyReport) -> None:
+def print_layers(console: Console, report: "mechlab.VerifyReport") -> None:
     """The per-layer relative errors against llama.cpp, diverging layers in red."""
     kinds = [
         k for k in report.layers[0].errors if any(row.errors.get(k) is not None for row in report.layers)

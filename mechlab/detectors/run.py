@@ -7,21 +7,25 @@ with a 95% interval, beside the exact chance level, the shuffled-position baseli
 content-dependent detectors, the control score on the same sequences with the second copy shuffled.
 Weight detectors are scored once, against at least ``MIN_NULL_DRAWS`` draws of their null.
 
-A detector that raises is reported by name in ``report.failures``; the others' results are kept.
-Random draws are seeded per purpose (tokens, control, each detector's baseline), so a detector's
-result does not change when other detectors run beside it.
+Each batch (its forward passes and every detector's scores of it) is one task of an executor
+(``mechlab.executors``), and so is each weight detector. A detector that raises is reported by name
+in ``report.failures``; the others' results are kept. Random draws are seeded per purpose (tokens,
+control, each detector's baseline in each batch), so a detector's result does not change when other
+detectors run beside it, nor with the order in which an executor runs the batches.
 """
 
+import dataclasses
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
 
-from mechlab.detectors.base import Detector, DetectorCache, SampleScores
+from mechlab.activations import capture
+from mechlab.detectors.base import Detector, DetectorCache
 from mechlab.detectors.inputs import (
     check_fits,
     default_bos,
@@ -34,6 +38,7 @@ from mechlab.detectors.inputs import (
 from mechlab.detectors.registry import DetectorRegistry, check_detector
 from mechlab.detectors.result import DetectorReport, DetectorResult
 from mechlab.errors import DetectorError, DetectorPluginError, InputError, MechlabError
+from mechlab.executors import Executor, resolve_executor
 from mechlab.progress import Progress, Step
 from mechlab.sites import Site, validate
 from mechlab.types import HookedModel, Tokens
@@ -54,6 +59,7 @@ def run_detectors(
     bos: int | None = None,
     registry: DetectorRegistry | None = None,
     progress: Progress | None = None,
+    executor: Executor | str | None = None,
 ) -> DetectorReport:
     """Run detectors on ``model`` and summarise each head's score with an interval and baselines.
 
@@ -68,6 +74,8 @@ def run_detectors(
         bos: first token of every sequence; default the tokenizer's BOS id (toy models: 0).
         registry: where names are looked up; default the installed entry points.
         progress: called with a ``mechlab.progress.Step`` (``done``/``total`` samples) after each batch.
+        executor: runs the batches and the weight detectors, one task each (``mechlab.executors``;
+            default: in this process).
 
     Returns:
         A ``DetectorReport``: ``report["induction"].top(5)``; failed detectors in ``report.failures``.
@@ -104,11 +112,25 @@ def run_detectors(
         )
     bos = default_bos(model) if bos is None else bos
     settings: dict[str, Any] = dict(n_samples=n_samples, seq_len=seq_len, seed=seed, bos=bos)
-    runs = {d.name: _Run(d, seed) for d in detectors}
-    _sample_patterns(model, [r for r in runs.values() if r.detector.reads], settings, batch_size, progress)
-    for run in runs.values():
-        if not run.detector.reads:
-            run.score_weights(model, max(n_samples, MIN_NULL_DRAWS))
+    runs = {d.name: _Run(d) for d in detectors}
+    sites = _sites(model, [r for r in runs.values() if r.detector.reads])
+    live = [r.detector for r in runs.values() if r.error is None]
+    reading = [d for d in live if d.reads]
+    control = any(d.content_dependent for d in reading)
+    batches = _batches(model, settings, batch_size, control) if reading else []
+    weights = [_Weights(d.name, max(n_samples, MIN_NULL_DRAWS)) for d in live if not d.reads]
+    done = 0
+
+    def arrived(index: int, _: Any) -> None:
+        nonlocal done
+        if index < len(batches) and progress is not None:
+            done += len(batches[index].tokens)
+            progress(Step(done, n_samples))
+
+    scoring = _Scoring(model, {d.name: d for d in live}, tuple(sites), seed)
+    for outcomes in resolve_executor(executor).map(scoring, [*batches, *weights], on_result=arrived):
+        for name, outcome in outcomes.items():
+            runs[name].add(outcome)
     results = {}
     for name, run in runs.items():
         if run.error is not None:
@@ -119,79 +141,169 @@ def run_detectors(
     return DetectorReport(results=results, failures=failures, settings=settings)
 
 
-class _Run:
-    """One detector's samples as they accumulate, or the error that stopped it."""
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """A task: sequences ``[sample, pos]`` (on the CPU) for one forward pass, their positional
+    controls (``None``: no detector needs them), and the batch's index."""
 
-    def __init__(self, detector: Detector, seed: int) -> None:
+    index: int
+    tokens: Tokens
+    control: Tokens | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Weights:
+    """A task: the weight detector ``name``, scored once, against ``n_draws`` draws of its null."""
+
+    name: str
+    n_draws: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """One task's output from one detector, as it returned them (``_Scoring`` checks that
+    ``scores``, ``baseline`` and ``control`` are ``[sample, layer, head]`` and ``chance``
+    ``[sample]``, with the ``sample`` of ``scores``)."""
+
+    scores: Tensor
+    baseline: Tensor
+    control: Tensor | None = None
+    chance: Tensor | None = None
+
+
+# A detector's part of a task, or the error message that stopped it.
+Outcome: TypeAlias = _Part | str
+
+
+class _Run:
+    """One detector's parts in task order, or the first error that stopped it."""
+
+    def __init__(self, detector: Detector) -> None:
         self.detector = detector
-        self.generator = torch.Generator().manual_seed(seed + zlib.crc32(detector.name.encode()))
-        self.scores: list[SampleScores] = []
-        self.baselines: list[SampleScores] = []
-        self.controls: list[SampleScores] = []
-        self.chances: list[Tensor] = []
+        self.parts: list[_Part] = []
         self.error: str | None = None
 
-    def attempt(self, step: Callable[[], None], n_layers: int, n_heads: int) -> None:
+    def add(self, outcome: Outcome) -> None:
         if self.error is not None:
             return
-        try:
-            step()
-            for part in (self.scores, self.baselines, self.controls):
-                if part and tuple(part[-1].shape[1:]) != (n_layers, n_heads):
-                    raise DetectorPluginError(
-                        f"returned scores of shape {tuple(part[-1].shape)}; expected "
-                        f"[sample, {n_layers}, {n_heads}] (one score per layer and head)"
-                    )
-            if self.chances and self.chances[-1].shape != self.scores[-1].shape[:1]:
-                raise DetectorPluginError(
-                    f"returned a chance level of shape {tuple(self.chances[-1].shape)}; expected "
-                    f"[{self.scores[-1].shape[0]}] (one value per sequence)"
-                )
-        except KeyboardInterrupt:
-            raise
-        except BaseException as error:  # a plugin's SystemExit is its failure, not the program's
-            self.error = (
-                f"Detector {self.detector.name!r} ({type(self.detector).__module__}) raised "
-                f"{type(error).__name__} while scoring: {error}"
-            )
-
-    def score_patterns(self, model: HookedModel, cache: Any, control: Any, tokens: Tokens) -> None:
-        detector = self.detector
-        self.scores.append(detector.score(model, cache, tokens).detach().float().cpu())
-        baseline = detector.baseline(model, cache, tokens, generator=self.generator)
-        self.baselines.append(baseline.detach().float().cpu())
-        chance = detector.chance(tokens)
-        if chance is not None:
-            self.chances.append(chance.detach().float().cpu())
-        if detector.content_dependent:
-            self.controls.append(detector.score(model, control, tokens).detach().float().cpu())
-
-    def score_weights(self, model: HookedModel, n_draws: int) -> None:
-        def step() -> None:
-            draws = torch.zeros(n_draws, 0, dtype=torch.long)  # no tokens: one row per null draw
-            self.scores.append(self.detector.score(model, None, draws).detach().float().cpu())
-            null = self.detector.baseline(model, None, draws, generator=self.generator)
-            self.baselines.append(null.detach().float().cpu())
-            if self.scores[-1].shape[0] != 1 or null.shape[0] != n_draws:
-                raise DetectorPluginError(
-                    f"returned {self.scores[-1].shape[0]} score row(s) and {null.shape[0]} null "
-                    f"draw(s) from the weights; expected 1 and {n_draws}"
-                )
-
-        self.attempt(step, int(model.cfg.n_layers), int(model.cfg.n_heads))
+        if isinstance(outcome, str):
+            self.error = outcome
+        else:
+            self.parts.append(outcome)
 
     def result(self, *, seq_len: int, seed: int) -> DetectorResult:
+        controls = [p.control for p in self.parts if p.control is not None]
+        chances = [p.chance for p in self.parts if p.chance is not None]
         return DetectorResult(
             name=self.detector.name,
             description=self.detector.description,
             threshold=float(self.detector.threshold),
-            samples=torch.cat(self.scores),
-            baseline_samples=torch.cat(self.baselines),
-            control_samples=torch.cat(self.controls) if self.controls else None,
+            samples=torch.cat([p.scores for p in self.parts]),
+            baseline_samples=torch.cat([p.baseline for p in self.parts]),
+            control_samples=torch.cat(controls) if controls else None,
             seq_len=seq_len,
             seed=seed,
-            chance_samples=torch.cat(self.chances) if len(self.chances) == len(self.scores) > 0 else None,
+            chance_samples=torch.cat(chances) if len(chances) == len(self.parts) > 0 else None,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scoring:
+    """The work of every task: a batch's forward passes scored by each detector that reads
+    activations, or one weight detector's score and null draws.
+
+    Each (detector, batch) draws its baseline from its own generator, so a batch's scores do not
+    depend on which batches ran before it.
+    """
+
+    model: HookedModel
+    detectors: dict[str, Detector]
+    sites: tuple[Site, ...]
+    seed: int
+
+    def __call__(self, task: _Batch | _Weights) -> dict[str, Outcome]:
+        if isinstance(task, _Weights):
+            detector = self.detectors[task.name]
+            generator = _generator(self.seed, detector.name)
+            return {
+                task.name: self._attempt(detector, partial(self._weights, detector, task.n_draws, generator))
+            }
+        device = model_device(self.model)
+        tokens = task.tokens.to(device)
+        cache = self._cache(tokens)
+        control = None if task.control is None else self._cache(task.control.to(device))
+        outcomes = {}
+        for detector in self.detectors.values():
+            if detector.reads:
+                generator = _generator(self.seed, detector.name, task.index)
+                step = partial(self._patterns, detector, cache, control, tokens, generator)
+                outcomes[detector.name] = self._attempt(detector, step)
+        return outcomes
+
+    def _cache(self, tokens: Tokens) -> DetectorCache:
+        acts = capture(self.model, tokens, self.sites, max_bytes=None, logits=False)
+        return DetectorCache(self.model, acts.to_cache(self.model))
+
+    def _patterns(
+        self,
+        detector: Detector,
+        cache: DetectorCache,
+        control: DetectorCache | None,
+        tokens: Tokens,
+        generator: torch.Generator,
+    ) -> _Part:
+        chance = detector.chance(tokens)
+        return _Part(
+            scores=_cpu(detector.score(self.model, cache, tokens)),
+            baseline=_cpu(detector.baseline(self.model, cache, tokens, generator=generator)),
+            control=_cpu(detector.score(self.model, control, tokens)) if detector.content_dependent else None,
+            chance=None if chance is None else _cpu(chance),
+        )
+
+    def _weights(self, detector: Detector, n_draws: int, generator: torch.Generator) -> _Part:
+        draws = torch.zeros(n_draws, 0, dtype=torch.long)  # no tokens: one row per null draw
+        scores = _cpu(detector.score(self.model, None, draws))
+        null = _cpu(detector.baseline(self.model, None, draws, generator=generator))
+        if scores.shape[0] != 1 or null.shape[0] != n_draws:
+            raise DetectorPluginError(
+                f"returned {scores.shape[0]} score row(s) and {null.shape[0]} null draw(s) from the "
+                f"weights; expected 1 and {n_draws}"
+            )
+        return _Part(scores, null)
+
+    def _attempt(self, detector: Detector, step: Callable[[], _Part]) -> Outcome:
+        n_layers, n_heads = int(self.model.cfg.n_layers), int(self.model.cfg.n_heads)
+        try:
+            part = step()
+            for scores in (part.scores, part.baseline, part.control):
+                if scores is not None and tuple(scores.shape[1:]) != (n_layers, n_heads):
+                    raise DetectorPluginError(
+                        f"returned scores of shape {tuple(scores.shape)}; expected "
+                        f"[sample, {n_layers}, {n_heads}] (one score per layer and head)"
+                    )
+            if part.chance is not None and part.chance.shape != part.scores.shape[:1]:
+                raise DetectorPluginError(
+                    f"returned a chance level of shape {tuple(part.chance.shape)}; expected "
+                    f"[{part.scores.shape[0]}] (one value per sequence)"
+                )
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # a plugin's SystemExit is its failure, not the program's
+            return (
+                f"Detector {detector.name!r} ({type(detector).__module__}) raised "
+                f"{type(error).__name__} while scoring: {error}"
+            )
+        return part
+
+
+def _cpu(scores: Tensor) -> Tensor:
+    return scores.detach().float().cpu()
+
+
+def _generator(seed: int, name: str, batch: int = 0) -> torch.Generator:
+    """The random stream of detector ``name`` in one batch. ``crc32`` is below ``2**32``, so
+    ``batch << 32`` keeps the streams of different batches apart."""
+    return torch.Generator().manual_seed(seed + zlib.crc32(name.encode()) + (batch << 32))
 
 
 def _resolve(
@@ -224,49 +336,30 @@ def _resolve(
     return detectors
 
 
-def _sample_patterns(
-    model: HookedModel, runs: list[_Run], settings: dict[str, Any], batch_size: int, progress: Progress | None
-) -> None:
-    if not runs:
-        return
-    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
-    names = _hook_names(model, runs)
-    n_samples, seed = settings["n_samples"], settings["seed"]
+def _batches(model: HookedModel, settings: dict[str, Any], batch_size: int, control: bool) -> list[_Batch]:
+    """The random sequences, ``batch_size`` at a time, with their shuffled controls when ``control``."""
+    n_samples, seed, bos = settings["n_samples"], settings["seed"], settings["bos"]
     tokens_rng = torch.Generator().manual_seed(seed)
     control_rng = torch.Generator().manual_seed(seed + 1)
-    vocab = sampling_vocab(model, settings["bos"])
-    device = model_device(model)
-    need_control = any(run.detector.content_dependent for run in runs)
-    for done in range(0, n_samples, batch_size):
+    vocab = sampling_vocab(model, bos)
+    batches = []
+    for index, done in enumerate(range(0, n_samples, batch_size)):
         size = min(batch_size, n_samples - done)
-        tokens = draw_repeated(
-            size, settings["seq_len"], vocab=vocab, bos=settings["bos"], generator=tokens_rng
-        ).to(device)
-        cache = DetectorCache(model, _cached_forward(model, tokens, names))
-        control = None
-        if need_control:
-            broken = shuffle_second_copy(tokens.cpu(), generator=control_rng).to(device)
-            control = DetectorCache(model, _cached_forward(model, broken, names))
-        for run in runs:
-            run.attempt(partial(run.score_patterns, model, cache, control, tokens), n_layers, n_heads)
-        if progress is not None:
-            progress(Step(done + size, n_samples))
+        tokens = draw_repeated(size, settings["seq_len"], vocab=vocab, bos=bos, generator=tokens_rng)
+        shuffled = shuffle_second_copy(tokens, generator=control_rng) if control else None
+        batches.append(_Batch(index, tokens, shuffled))
+    return batches
 
 
-def _hook_names(model: HookedModel, runs: list[_Run]) -> list[str]:
-    names: set[str] = set()
+def _sites(model: HookedModel, runs: list[_Run]) -> list[Site]:
+    """Every layer's site of each kind the runs read; a run reading a kind the model lacks fails."""
+    sites: dict[Site, None] = {}
     for run in runs:
         try:
             layers = range(int(model.cfg.n_layers))
-            sites = [validate(Site(kind, layer), model) for kind in run.detector.reads for layer in layers]
+            wanted = [validate(Site(kind, layer), model) for kind in run.detector.reads for layer in layers]
         except MechlabError as error:
             run.error = f"Detector {run.detector.name!r} reads sites this model lacks: {error}"
             continue
-        names.update(site.hook_name for site in sites)
-    return sorted(names)
-
-
-def _cached_forward(model: HookedModel, tokens: Tokens, names: list[str]) -> Any:
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
-    return cache
+        sites.update(dict.fromkeys(wanted))
+    return list(sites)

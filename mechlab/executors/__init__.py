@@ -1,9 +1,17 @@
 """Executors: how a sweep's independent tasks run — in this process, or elsewhere.
 
-A sweep (patching's batches of variants, path patching's) builds a list of tasks and hands them to an
-``Executor``, which returns one result per task in task order and reports each result as it arrives
-(``on_result``), so the sweep fills its table and its progress bar. The default, ``in-process``, is a
-plain loop. Executors are an entry-point group, ``mechlab.executors``, read into a value
+A sweep builds its tasks and hands them to an ``Executor``, which returns one result per task in
+task order and reports each result as it arrives (``on_result``), so the sweep fills its table and
+its progress bar. The sweeps and their tasks:
+
+- ``patch`` and ``path_patch``: a forward-sized batch of variants;
+- ``attribution_patch``: the target's forward and backward pass, and the source's forward pass;
+- ``run_detectors``: a batch of random sequences scored by every detector, and each weight detector;
+- ``capture_dataset``: one shard, drawn lazily from the inputs; the manifest records shards in order;
+- ``fit_probes`` (and ``train_probes``): one layer's probe and control probe.
+
+Each takes ``executor=`` (an instance, a registered name, or ``None``). The default, ``in-process``,
+is a plain loop. Executors are an entry-point group, ``mechlab.executors``, read into a value
 (``ExecutorRegistry.from_entry_points()``), like detectors and model sources: adding one is a module
 and a registration line, and ``executor="name"`` (or an instance) picks it.
 """

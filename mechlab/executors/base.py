@@ -1,7 +1,7 @@
 """The ``Executor`` protocol and the registry of installed executors (``mechlab.executors``)."""
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from mechlab.errors import MSG_UNKNOWN_EXECUTOR, InputError
@@ -19,16 +19,18 @@ class Executor(Protocol):
     """Runs independent tasks; returns their results in task order.
 
     Contract: ``work`` has no effect but its result; each task's result is reported once through
-    ``on_result`` (in any order), and the returned list is in task order. The tasks of one sweep
-    share the model and its hooks, so two of them never run at once in one process (no threads): an
-    executor runs them in turn, or in other processes that hold their own copy of the model (then
-    ``work`` and the tasks must be picklable).
+    ``on_result`` (in any order), and the returned list is in task order. ``tasks`` may be a lazy
+    iterable: a sweep that streams its inputs (``capture_dataset``) makes each task as it is drawn,
+    so an executor draws a task only when it can start it (the in-process loop: after the previous
+    one's ``on_result``). The tasks of one sweep share the model and its hooks, so two of them never
+    run at once in one process (no threads): an executor runs them in turn, or in other processes
+    that hold their own copy of the model (then ``work`` and the tasks must be picklable).
     """
 
     name: str
 
     def map(
-        self, work: Callable[[Any], Any], tasks: Sequence[Any], *, on_result: OnResult | None = None
+        self, work: Callable[[Any], Any], tasks: Iterable[Any], *, on_result: OnResult | None = None
     ) -> list[Any]: ...
 
 

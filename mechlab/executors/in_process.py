@@ -1,6 +1,6 @@
 """The default executor: every task in this process, one after another, in order."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -12,7 +12,7 @@ class InProcess:
     def map(
         self,
         work: Callable[[Any], Any],
-        tasks: Sequence[Any],
+        tasks: Iterable[Any],
         *,
         on_result: Callable[[int, Any], None] | None = None,
     ) -> list[Any]:

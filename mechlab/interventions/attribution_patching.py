@@ -14,6 +14,10 @@ activation patching, per component kind.
 
 ``attribution_patch`` returns a ``PatchResult`` on the same grid as ``patch`` with
 ``method="attribution"``, so every view (``top``, ``plot``, ``to_dataframe``) works the same.
+Its two runs (the target's forward and backward pass, the source's forward pass) are independent
+tasks of an executor (``mechlab.executors``). They are not split by prompt: a metric may hold
+per-prompt data (answer ids, reference logits) or return one number for the whole batch, and a mean
+ablation averages over every prompt, so a prompt's estimate can depend on the others.
 On a single prompt with an ``Ablation`` baseline it ranks heads for "why this token and not the
 runner-up": ``attribution_patch(model, prompt, Ablation("mean"), "z", LogitDiff(chosen, runner_up))``
 (an ablation implies ``direction="noise"``).
@@ -23,12 +27,15 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from functools import partial
+from typing import TypeAlias
 
 import torch
 from torch import Tensor
 
 from mechlab.activations import capture
 from mechlab.errors import InputError
+from mechlab.executors import Executor, resolve_executor
 from mechlab.hooks import differentiable, gradients
 from mechlab.interventions.inputs import Ablation, Direction, TokensLike, pos_labels, split_pair
 from mechlab.interventions.result import PatchResult
@@ -38,6 +45,9 @@ from mechlab.render import html
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens
 
+# One run's metric per prompt ``[batch]``, and its activations and gradients by site.
+Run: TypeAlias = tuple[Tensor, dict[Site, Tensor], dict[Site, Tensor]]
+
 
 def grad_site(site: Site) -> Site:
     """Where the gradient of a site is read: ``resid_mid``'s hook only feeds the MLP, so its full
@@ -45,9 +55,7 @@ def grad_site(site: Site) -> Site:
     return Site("attn_out", site.layer) if site.kind == "resid_mid" else site
 
 
-def forward_backward(
-    model: HookedModel, tokens: Tokens, sites: Sequence[Site], score: Scorer
-) -> tuple[Tensor, dict[Site, Tensor], dict[Site, Tensor]]:
+def forward_backward(model: HookedModel, tokens: Tokens, sites: Sequence[Site], score: Scorer) -> Run:
     """One forward pass keeping ``sites`` and one backward pass of the metric to them.
 
     Returns:
@@ -64,6 +72,24 @@ def forward_backward(
     return value.detach(), values, {s: grads[grad_site(s)] for s in sites}
 
 
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """One run of attribution patching: ``tokens`` forward, and backward too for the target run."""
+
+    tokens: Tokens
+    backward: bool
+
+
+def run_pass(model: HookedModel, sites: Sequence[Site], score: Scorer, task: Pass) -> Run:
+    """The metric per prompt ``[batch]``, the activations and (for a backward pass, else none) the
+    gradients at ``sites``."""
+    if task.backward:
+        return forward_backward(model, task.tokens, sites, score)
+    acts = capture(model, task.tokens, sites, max_bytes=None)
+    assert acts.logits is not None
+    return score.baseline(acts.logits), {s: acts[s] for s in sites}, {}
+
+
 def attribution_patch(
     model: HookedModel,
     clean: TokensLike,
@@ -72,6 +98,7 @@ def attribution_patch(
     metric: MetricLike,
     *,
     direction: Direction | None = None,
+    executor: Executor | str | None = None,
 ) -> PatchResult:
     """Estimate ``patch(...)`` for every site from 2 forward passes and 1 backward pass.
 
@@ -79,6 +106,8 @@ def attribution_patch(
         model: a HookedTransformer-protocol model.
         clean, corrupted, sites, metric, direction: as for ``mechlab.patch``; ``corrupted`` may be
             an ``Ablation`` (the direction is then ``"noise"``).
+        executor: runs the target and source passes, one task each (``mechlab.executors``;
+            default: in this process).
 
     Returns:
         A ``PatchResult`` (``method="attribution"``) whose values are the estimated patched metric.
@@ -91,17 +120,18 @@ def attribution_patch(
 
     denoise = direction == "denoise"
     target_tokens = corrupted_tokens if denoise and corrupted_tokens is not None else clean_tokens
-    target_metric, target, grads = forward_backward(model, target_tokens, hook_sites, score)
+    tasks = [Pass(target_tokens, backward=True)]
+    if ablation is None:
+        source_tokens = clean_tokens if denoise else corrupted_tokens
+        assert source_tokens is not None
+        tasks.append(Pass(source_tokens, backward=False))
+    runs = resolve_executor(executor).map(partial(run_pass, model, hook_sites, score), tasks)
+    target_metric, target, grads = runs[0]
     if ablation is not None:
         sources = {s: ablation.source(target[s], s.pos_axis) for s in hook_sites}
         clean_metric, corrupted_metric = target_metric, None
     else:
-        source_tokens = clean_tokens if denoise else corrupted_tokens
-        assert source_tokens is not None
-        source = capture(model, source_tokens, hook_sites, max_bytes=None)
-        assert source.logits is not None
-        sources = {s: source[s] for s in hook_sites}
-        source_metric = score.baseline(source.logits)
+        source_metric, sources, _ = runs[1]
         pair = (source_metric, target_metric)
         clean_metric, corrupted_metric = pair if denoise else pair[::-1]
 

@@ -41,7 +41,7 @@ from torch import Tensor
 from mechlab.activations import Activations, capture
 from mechlab.hooks import hooked, recorder
 from mechlab.models import kv_cache
-from mechlab.sites import Site
+from mechlab.sites import Site, stop_layer
 from mechlab.types import HookedModel, Tokens
 
 BlockCall = tuple[tuple[Any, ...], dict[str, Any]]
@@ -294,7 +294,7 @@ class Runner:
         out: Tensor | None = None
         with torch.no_grad(), hooked(self.model, hooks):
             if strategy.mode != "full" and start is not None:
-                stop = None if logits else _stop_layer(capture)
+                stop = None if logits or not capture else stop_layer(capture, int(self.model.cfg.n_layers))
                 resid = self._resume(strategy, strategy.resid[start].repeat(times, 1, 1), start, stop, times)
                 out = self._final(strategy, resid) if logits else None
             else:
@@ -303,13 +303,6 @@ class Runner:
         if out is None or not logits:
             return None, stacked
         return out.reshape(times, self.batch, *out.shape[1:]), stacked
-
-
-def _stop_layer(capture: Sequence[Site]) -> int | None:
-    layers = [site.layer for site in capture]
-    if not layers or any(layer is None for layer in layers):
-        return None
-    return max(layer for layer in layers if layer is not None) + 1
 
 
 def _local(rep: Replacement, offset: int, like: Tensor) -> tuple[Site, Tensor] | None:

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechlab.activations import capture
 from mechlab.errors import InputError
 from mechlab.sites import Site
 from mechlab.tokens import require_tokenizer
@@ -196,10 +197,6 @@ def collect_activations(
         len(e) - 1 if position != "word" else word_position(model, t, w)  # type: ignore[arg-type]
         for e, t, w in zip(encoded, texts, words or texts, strict=True)
     ]
-    names = [s.hook_name for s in sites]
-    # Blocks after the deepest probed layer (and the unembedding) are not needed.
-    deepest = max(s.layer or 0 for s in sites) + 1
-    stop = deepest if deepest < int(model.cfg.n_layers) else None
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = encoded[start : start + batch_size]
@@ -207,8 +204,8 @@ def collect_activations(
         batch = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
         for i, e in enumerate(chunk):
             batch[i, : len(e)] = e
-        _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=names, stop_at_layer=stop)
-        acts = torch.stack([cache[n].float().cpu() for n in names])  # [layer batch pos d_model]
+        captured = capture(model, batch.to(model.cfg.device), sites, max_bytes=None, logits=False)
+        acts = torch.stack([captured[site].float().cpu() for site in sites])  # [layer batch pos d_model]
         if position == "mean":
             # The first token is the attention sink, with activations orders of magnitude larger.
             mask = torch.arange(batch.shape[1])[None, :] < lengths[:, None]

@@ -15,18 +15,20 @@ projects it out of) the residual stream and measures the model's output, which t
 model *uses* that direction (a probe can read information the model ignores).
 
 Probes are L2-regularised (``weight_decay``) on standardised features and fitted with L-BFGS; all
-randomness (split, control labels) comes from ``seed``.
+randomness (split, control labels) comes from ``seed``. Each layer's fit is one task of an executor
+(``mechlab.executors``), so layers can be fitted in any order or elsewhere with the same result.
 """
 
 import dataclasses
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab.errors import InputError
+from mechlab.executors import Executor, resolve_executor
 from mechlab.probes.data import POSITIONS, Position, ProbeDataset, collect_activations, word_position
 from mechlab.render.figures import lines
 from mechlab.render.page import Page
@@ -225,14 +227,28 @@ class ProbeConfig:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay}.")
 
 
-def _fit_layer(
-    features: Tensor, y: Tensor, y_control: Tensor, split: tuple[Tensor, Tensor], n: int, wd: float
-) -> dict[str, Any]:
-    test, train = split
+@dataclasses.dataclass(frozen=True)
+class LayerFit:
+    """A task of ``fit_probes``: the probe and the control probe of one layer.
+
+    ``split`` is ``(test, train)`` row indices; ``y`` and ``y_control`` are class indices per text.
+    """
+
+    features: Float[Tensor, "n d_model"]
+    y: Int[Tensor, " n"]
+    y_control: Int[Tensor, " n"]
+    split: tuple[Tensor, Tensor]
+    n_classes: int
+    weight_decay: float
+
+
+def fit_layer(task: LayerFit) -> dict[str, Any]:
+    """Fit one layer's probes (on standardised features) and score them on both splits."""
+    (test, train), features, y, y_control = task.split, task.features.float(), task.y, task.y_control
     mean, std = features[train].mean(0), features[train].std(0).clamp_min(1e-6)
     x = (features - mean) / std
-    w, b = fit_logistic(x[train], y[train], n, weight_decay=wd)
-    wc, bc = fit_logistic(x[train], y_control[train], n, weight_decay=wd)
+    w, b = fit_logistic(x[train], y[train], task.n_classes, weight_decay=task.weight_decay)
+    wc, bc = fit_logistic(x[train], y_control[train], task.n_classes, weight_decay=task.weight_decay)
     w_raw = w / std.double()
     axis = (w_raw[-1] - w_raw[0]) / (w_raw[-1] - w_raw[0]).norm()
     return {
@@ -252,6 +268,7 @@ def fit_probes(
     *,
     config: ProbeConfig = ProbeConfig(),
     describe: dict[str, Any] | None = None,
+    executor: Executor | str | None = None,
 ) -> ProbeResult:
     """Fit and score probes on given activations (no model needed; ``train_probes`` wraps it).
 
@@ -261,6 +278,7 @@ def fit_probes(
         control_keys: the unit of the control task per text (its word type).
         config: split, penalty and seed.
         describe: ``dataset``, ``site_kind``, ``layers`` and ``position`` for the result.
+        executor: fits the layers, one task each (``mechlab.executors``; default: in this process).
     """
     info: dict[str, Any] = {
         "dataset": "",
@@ -284,7 +302,8 @@ def fit_probes(
             f"training, fewer than the {len(classes)} classes; give more texts or a smaller test_fraction."
         )
     split = (order[:n_test], order[n_test:])
-    rows = [_fit_layer(f.float(), y, y_control, split, len(classes), config.weight_decay) for f in features]
+    tasks = [LayerFit(f, y, y_control, split, len(classes), config.weight_decay) for f in features]
+    rows = resolve_executor(executor).map(fit_layer, tasks)
     train = split[1]
     majority = float(
         (y[split[0]] == torch.bincount(y[train], minlength=len(classes)).argmax()).double().mean()
@@ -316,6 +335,7 @@ def train_probes(
     position: Position | None = None,
     config: ProbeConfig = ProbeConfig(),
     batch_size: int = 32,
+    executor: Executor | str | None = None,
 ) -> ProbeResult:
     """Train one linear probe per layer and score it on held-out texts and on the control task.
 
@@ -329,6 +349,7 @@ def train_probes(
         config: held-out share (the split is by text; word types recur across splits, as the
             control task requires), L2 penalty on standardised features, seed.
         batch_size: texts per forward pass while caching activations.
+        executor: fits the layers, one task each (``mechlab.executors``; default: in this process).
     """
     if site_kind not in VECTOR_KINDS:
         raise InputError(
@@ -349,4 +370,4 @@ def train_probes(
         "position": position,
     }
     keys = _control_keys(model, dataset, position)
-    return fit_probes(features, dataset.labels, keys, config=config, describe=describe)
+    return fit_probes(features, dataset.labels, keys, config=config, describe=describe, executor=executor)

@@ -15,6 +15,7 @@ from mechlab import (
     capture,
     capture_dataset,
     estimate_memory,
+    hooked,
 )
 from mechlab import shards as shards_module
 
@@ -206,3 +207,14 @@ def test_capture_dataset_streams_its_inputs(tiny, tmp_path) -> None:
     dataset = capture_dataset(tiny.model, lazily(), SITES, tmp_path, batch_size=2, progress=progress)
     assert on_disk == [(2, 1), (4, 2), (6, 3), (7, 4)]
     assert len(dataset) == 7 and dataset.manifest["complete"]
+
+
+def test_without_logits_the_blocks_after_the_deepest_site_do_not_run(tiny, tokens) -> None:
+    calls: list[str] = []
+    with hooked(tiny.model, {Site("attn_out", 1): lambda act, site: calls.append(str(site))}):
+        early = capture(tiny.model, tokens, "resid_post.0", logits=False)
+        assert calls == []
+        full = capture(tiny.model, tokens, "resid_post.0")
+        assert calls == ["attn_out.1"]
+    assert early.logits is None
+    assert torch.equal(early["resid_post.0"], full["resid_post.0"])

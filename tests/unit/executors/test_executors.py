@@ -1,7 +1,7 @@
 """Executors are an extension point: a sweep gives the same numbers on any executor, whatever order
 its tasks finish in, and an unknown executor is an error listing the installed ones."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -22,8 +22,9 @@ class LastFirst:
         self.order: list[int] = []
 
     def map(
-        self, work: Callable[[Any], Any], tasks: Sequence[Any], *, on_result: OnResult | None = None
+        self, work: Callable[[Any], Any], tasks: Iterable[Any], *, on_result: OnResult | None = None
     ) -> list[Any]:
+        tasks = list(tasks)  # a lazy sweep's tasks are all drawn before the last one can run
         results: list[Any] = [None] * len(tasks)
         for index in reversed(range(len(tasks))):
             results[index] = work(tasks[index])
