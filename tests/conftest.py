@@ -116,6 +116,12 @@ def smollm2() -> mechlab.LoadedModel:
     return mechlab.load_model("smollm2")
 
 
+@pytest.fixture(scope="session")
+def gemma3() -> mechlab.LoadedModel:
+    """Gemma 3 270M (Q4_K_M), joined from its chunk packages and converted once per cache directory."""
+    return mechlab.load_model("gemma3-270m")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "toy" in item.path.relative_to(config.rootpath).parts:

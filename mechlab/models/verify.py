@@ -43,7 +43,7 @@ LOW_PRECISION_TOLERANCE = 0.1
 # quantization alone stays under 8% on SmolLM2 Q4_1 (residual stream ≤ 3%, attention and MLP outputs
 # ≤ 7.6%); one block's attention output off by half gives 50% there.
 LAYER_TOLERANCE = 0.15
-LAYER_KINDS: tuple[str, ...] = tuple(llamacpp.LAYER_TENSORS.values())
+LAYER_KINDS: tuple[str, ...] = tuple(llamacpp.LAYER_TENSORS)
 
 
 @dataclasses.dataclass(frozen=True)

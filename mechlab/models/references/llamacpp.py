@@ -29,10 +29,18 @@ INSTALL = (
 # Mean KL (nats per position) and top-1 agreement a faithful conversion reaches against llama.cpp.
 MAX_MEAN_KL = 0.01
 MIN_TOP1 = 0.9
-# llama.cpp's names (``name-LAYER``) for the intermediate tensors matched with mechlab's hook points:
-# the attention output (after the output projection), the residual stream entering the MLP, the MLP
-# output, and the block output.
-LAYER_TENSORS = {"attn_out": "attn_out", "ffn_inp": "resid_mid", "ffn_out": "mlp_out", "l_out": "resid_post"}
+# llama.cpp's names (``name-LAYER``) for the intermediate tensors matched with mechlab's hook points,
+# by hook kind, the first found taken: the attention output (after the output projection, and after
+# the post-attention norm where the architecture has one, as Gemma's do), the residual stream entering
+# the MLP, the MLP output (after a post-MLP norm likewise), and the block output.
+LAYER_TENSORS: dict[str, tuple[str, ...]] = {
+    "attn_out": ("attn_post_norm", "attn_out"),
+    "resid_mid": ("sa_out", "ffn_inp"),
+    "mlp_out": ("ffn_post_norm", "ffn_out"),
+    "resid_post": ("l_out",),
+}
+_KIND_OF = {name: kind for kind, names in LAYER_TENSORS.items() for name in names}
+_RANK = {name: rank for names in LAYER_TENSORS.values() for rank, name in enumerate(names)}
 _LAYER_NAME = re.compile(r"^(?P<name>[a-z_]+)-(?P<layer>\d+)$")
 _GGML_F32 = 0
 
@@ -85,7 +93,7 @@ class LlamaCpp:
 
     def intermediates(self, tokens: Sequence[int]) -> dict[tuple[str, int], np.ndarray]:
         """llama.cpp's intermediate tensors for ``tokens`` (one pass from an empty context), keyed by
-        ``(kind, layer)`` with mechlab's kind names (``LAYER_TENSORS``), each ``[pos, width]``.
+        ``(kind, layer)`` with mechlab's hook kinds (``LAYER_TENSORS``), each ``[pos, width]``.
 
         A second context on the same weights runs with llama.cpp's evaluation callback (``cb_eval``),
         which hands over every tensor of the graph as it is computed; the named ones are copied out.
@@ -93,26 +101,30 @@ class LlamaCpp:
         import llama_cpp
 
         ggml = _ggml()
-        found: dict[tuple[str, int], np.ndarray] = {}
+        found: dict[tuple[str, int], tuple[int, np.ndarray]] = {}  # (kind, layer) → (rank, tensor)
 
         def wanted(tensor: int) -> tuple[str, int] | None:
             match = _LAYER_NAME.match(ggml.ggml_get_name(tensor).decode(errors="replace"))
-            if match is None or match["name"] not in LAYER_TENSORS:
+            if match is None or match["name"] not in _KIND_OF:
                 return None
-            return LAYER_TENSORS[match["name"]], int(match["layer"])
+            return match["name"], int(match["layer"])
 
         failures: list[BaseException] = []
 
-        def copy(tensor: int, key: tuple[str, int]) -> None:
+        def copy(tensor: int, name_layer: tuple[str, int]) -> None:
             # The tensor's type is its struct's first field; the tensors named above are F32 rows.
             if ctypes.cast(tensor, ctypes.POINTER(ctypes.c_int32))[0] != _GGML_F32:
                 return
             if not ggml.ggml_is_contiguous(tensor):
                 return
             rows, n = int(ggml.ggml_nrows(tensor)), int(ggml.ggml_nelements(tensor))
+            name, layer = name_layer
+            key, rank = (_KIND_OF[name], layer), _RANK[name]
+            if key in found and found[key][0] <= rank:
+                return
             out = np.empty(n, dtype=np.float32)
             ggml.ggml_backend_tensor_get(tensor, out.ctypes.data, 0, out.nbytes)
-            found[key] = out.reshape(rows, n // rows).astype(np.float64)
+            found[key] = rank, out.reshape(rows, n // rows).astype(np.float64)
 
         @llama_cpp.ggml_backend_sched_eval_callback  # type: ignore[untyped-decorator]
         def observe(tensor: int, ask: bool, user_data: object) -> bool:
@@ -147,10 +159,10 @@ class LlamaCpp:
             raise RuntimeError("Reading llama.cpp's intermediate tensors failed.") from failures[0]
         if not found:
             raise InputError(
-                f"llama.cpp computed none of the tensors mechlab compares ({', '.join(LAYER_TENSORS)} "
-                "with a layer number) for this architecture; compare logits only (drop --layers)."
+                f"llama.cpp computed none of the tensors mechlab compares ({', '.join(_KIND_OF)} with a "
+                "layer number) for this architecture; compare logits only (drop --layers)."
             )
-        return found
+        return {key: tensor for key, (_, tensor) in found.items()}
 
 
 def _ggml() -> Any:
