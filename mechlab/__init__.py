@@ -101,6 +101,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "mechlab.attribution.occlusion": ("occlusion",),
     "mechlab.report.explain": ("explain", "Explanation", "HeadFinding"),
+    "mechlab.report.compare": ("Comparison", "compare_models", "requantized"),
     "mechlab.report.settings": ("ExplainSettings",),
     "mechlab.generation": ("Completion", "generate", "next_token_alternatives"),
     "mechlab.tokens": ("as_tokens", "check_prompt", "encode_prompt", "single_token", "str_tokens"),

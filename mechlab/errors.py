@@ -165,6 +165,14 @@ MSG_UNHOOKABLE_GGUF_ARCH = (
     "GGUF architectures mechlab can load: {supported}."
 )
 
+MSG_GGUF_ROPE_SCALING = (
+    "{path} holds a {arch!r} model whose positions llama.cpp encodes with {scaling}, which mechlab "
+    "cannot convert into an equivalent transformers config: loaded anyway, the hooked model would "
+    "differ from what llama.cpp runs (README: \"Against llama.cpp itself\" lists the architectures "
+    "checked against llama.cpp). Use a file without this RoPE scaling, or load the model's Hugging "
+    "Face checkpoint instead (source hf:DIR or hf:ORG/NAME)."
+)
+
 MSG_UNSUPPORTED_TL_ARCH = (
     "The model's architecture {arch!r} has no TransformerLens adapter, so it cannot be hooked.\n"
     "Architectures TransformerLens {tl_version} can hook include: {supported}."

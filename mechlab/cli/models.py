@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -108,7 +109,62 @@ def print_layers(console: Console, report: "mechlab.VerifyReport") -> None:
     console.print(table)
 
 
-HANDLERS: dict[str, Handler] = {"info": cmd_info, "generate": cmd_generate, "verify": cmd_verify}
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    outputs(args, "html", "json")
+    if (args.other is None) == (args.requantize is None):
+        raise mechlab.InputError(
+            "compare needs a second file of the same model: pass it (mechlab compare A.gguf B.gguf), or "
+            "--requantize TYPE to make it from the first with llama.cpp's quantizer (e.g. Q2_K)."
+        )
+    first = load(args, console)
+    if args.requantize is not None:
+        if first.info.kind != "gguf" or first.info.path is None:
+            raise mechlab.InputError(
+                f"--requantize needs a GGUF file; {args.source!r} is a {first.info.kind} source."
+            )
+        with progress(console, f"Quantizing to {args.requantize} with llama.cpp"):
+            other = str(mechlab.requantized(Path(first.info.path), args.requantize))
+    else:
+        other = args.other
+    second = load(argparse.Namespace(**{**vars(args), "source": other}), console)
+    detectors = [] if args.detectors == "none" else args.detectors.split(",")
+    with progress(console, "Comparing outputs, layers, heads and detector verdicts"):
+        result = mechlab.compare_models(first, second, detectors=detectors, n_samples=args.samples)
+    table = Table("layer", *result.layers, title="relative error ‖b − a‖ / ‖a‖ (mean over positions)")
+    for layer in range(len(result.layers["resid_post"])):
+        table.add_row(str(layer), *(f"{values[layer]:.2%}" for values in result.layers.values()))
+    console.print(table)
+    if result.changes:
+        changes = Table(
+            "detector",
+            "head",
+            "verdict in a",
+            "verdict in b",
+            "score a",
+            "score b",
+            title="verdicts that change",
+        )
+        for c in result.changes:
+            changes.add_row(
+                c.detector, c.label, c.verdict_a, c.verdict_b, f"{c.score_a:.2f}", f"{c.score_b:.2f}"
+            )
+        console.print(changes)
+    console.print(escape(result.summary()))
+    if args.html:
+        console.print(f"Wrote {escape(str(result.page().save(args.html)))}")
+    if args.json:
+        console.print(
+            f"Wrote {escape(str(mechlab.atomic_write(Path(args.json), json.dumps(result.to_dict()))))}"
+        )
+    return 0
+
+
+HANDLERS: dict[str, Handler] = {
+    "info": cmd_info,
+    "generate": cmd_generate,
+    "verify": cmd_verify,
+    "compare": cmd_compare,
+}
 
 
 def add_parsers(add: Add) -> None:
@@ -153,3 +209,23 @@ def add_parsers(add: Add) -> None:
     )
     p.add_argument("--html", metavar="FILE", help="also write the comparison as a self-contained HTML page")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
+
+    p = add(
+        "compare",
+        "Quantization forensics: SOURCE and a second file of the same model compared (outputs, each "
+        "layer, each head's attention, detector verdicts).",
+    )
+    p.add_argument("other", metavar="OTHER", nargs="?", help="the second file (e.g. another quantization)")
+    p.add_argument(
+        "--requantize",
+        metavar="TYPE",
+        help="instead of OTHER, re-quantize SOURCE with llama.cpp (Q8_0, Q4_K_M, Q2_K, …; cached)",
+    )
+    p.add_argument(
+        "--detectors",
+        default=",".join(("induction", "previous-token")),
+        help="comma-separated detectors whose verdicts are compared, or 'none'",
+    )
+    p.add_argument("--samples", type=positive_int, default=8, help="random sequences per detector")
+    p.add_argument("--html", metavar="FILE", help="write tables and plots as a self-contained page")
+    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")

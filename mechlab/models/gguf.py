@@ -9,6 +9,11 @@ Before converting, the file's ``general.architecture`` is checked three ways, so
 fails before the conversion and leaves nothing in the cache: transformers' GGUF loader must convert
 it, transformers must load it as a causal LM (T5's encoder-decoder does not qualify), and
 TransformerLens must have an adapter for the resulting class.
+
+transformers' loader leaves every config field its key table does not name at the class default;
+``mechlab.models.gguf_config`` sets those fields to what llama.cpp reads from the same file (a Gemma
+query scale, a Qwen3 head size, soft-capping constants, sliding-window layers, RoPE bases), and
+refuses a file whose RoPE scaling transformers cannot express.
 """
 
 import collections
@@ -32,12 +37,15 @@ from mechlab.errors import (
     UnsupportedArchitectureError,
 )
 from mechlab.files import atomic_dir_sibling, kind
-from mechlab.models import gguf_scan
+from mechlab.models import gguf_config, gguf_scan
 from mechlab.models.cache import converted_dir, file_sha256
 from mechlab.models.hf import quiet_transformers
 
 GGUF_MAGIC = b"GGUF"
 HEADER_FILE = "mechlab-gguf.json"
+# Bumped when the conversion changes what it writes: a cached copy converted by an older version is
+# converted again (version 2: config fields from gguf_config).
+CONVERSION_VERSION = 2
 # llama.cpp architecture names that transformers' GGUF loader renames to its own model types
 # (transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint; a unit test compares the two).
 _LLAMA_CPP_RENAMES = {
@@ -62,6 +70,11 @@ class GGUFHeader:
     chat_template: str | None
     context_length: int | None
     n_tensors: int
+    # Config fields llama.cpp reads from the file and transformers' loader does not (gguf_config).
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Why the file cannot be converted faithfully, if it cannot (check_supported raises it).
+    unconvertible: str | None = None
+    conversion: int = 1
 
 
 def convertible_architectures() -> list[str]:
@@ -155,6 +168,12 @@ def read_header(path: Path) -> GGUFHeader:
     except (ValueError, IndexError, KeyError, OSError, TypeError) as error:
         raise CorruptModelError(MSG_CORRUPT_GGUF.format(path=path, error=error, size=size)) from error
     counts = collections.Counter(t.tensor_type.name for t in tensors)
+    metadata = {k: _field(reader, k) for k in reader.fields if k.startswith(f"{architecture}.")}
+    try:
+        config = gguf_config.overrides(architecture, metadata, {t.name for t in tensors}, source=str(path))
+        unconvertible = None
+    except UnsupportedArchitectureError as error:
+        config, unconvertible = {}, str(error)
     add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
     context = _field(reader, f"{architecture}.context_length")
     name = _field(reader, "general.name")
@@ -167,6 +186,9 @@ def read_header(path: Path) -> GGUFHeader:
         chat_template=_field(reader, "tokenizer.chat_template"),
         context_length=None if context is None else int(context),
         n_tensors=len(tensors),
+        config=config,
+        unconvertible=unconvertible,
+        conversion=CONVERSION_VERSION,
     )
 
 
@@ -200,6 +222,8 @@ def check_supported(header: GGUFHeader) -> None:
                 supported=supported,
             )
         )
+    if header.unconvertible is not None:
+        raise UnsupportedArchitectureError(header.unconvertible)
 
 
 def transformer_lens_version() -> str:
@@ -217,16 +241,14 @@ def convert(path: Path, header: GGUFHeader, out: Path, *, status: Callable[[str]
 
     ``status`` receives a short message before each phase, for progress display.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
         with quiet_transformers(status):
             status("reading tokenizer and chat template from GGUF metadata")
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             status(f"dequantizing {header.n_tensors} tensors ({_summary(header.quantization)})")
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.float32
-            )
+            model = load_causal_lm(path, header)
     except (ValueError, OSError, KeyError, NotImplementedError, RuntimeError) as error:
         raise CorruptModelError(
             f"transformers could not convert {path} ({header.architecture}): {error}"
@@ -237,6 +259,18 @@ def convert(path: Path, header: GGUFHeader, out: Path, *, status: Callable[[str]
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
     (out / HEADER_FILE).write_text(json.dumps(dataclasses.asdict(header), indent=2))
+
+
+def load_causal_lm(path: Path, header: GGUFHeader) -> Any:
+    """transformers' GGUF loader (float32), its config completed with ``header.config``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    for name, value in header.config.items():
+        setattr(config, name, value)
+    return AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, config=config, dtype=torch.float32
+    )
 
 
 def strip_quantization(model: Any) -> None:
@@ -259,7 +293,10 @@ def ensure_converted(path: Path, *, status: Callable[[str], None]) -> tuple[Path
     sha = file_sha256(path)
     target = converted_dir(sha)
     if (target / HEADER_FILE).is_file():
-        return target, load_header(target), sha, True
+        cached = load_header(target)
+        if cached.conversion == CONVERSION_VERSION:
+            return target, cached, sha, True
+        discard_converted(target)  # converted by an older mechlab: convert again
     header = read_header(path)
     check_supported(header)
     with atomic_dir_sibling(target) as tmp:

@@ -25,7 +25,7 @@ import torch
 from mechlab.errors import InputError
 from mechlab.hooks import hooked, recorder
 from mechlab.models import decoding
-from mechlab.models.gguf import strip_quantization
+from mechlab.models.gguf import check_supported, load_causal_lm, read_header, strip_quantization
 from mechlab.models.hf import quiet_transformers
 from mechlab.models.load import LoadedModel, load_model, resolve_source
 from mechlab.models.references import llamacpp
@@ -254,9 +254,10 @@ def load_reference(source: str) -> tuple[Any, str]:
     with quiet_transformers():
         if kind == "gguf":
             path = Path(target).expanduser()
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path.parent), gguf_file=path.name, dtype=torch.float32
-            )
+            header = read_header(path)
+            check_supported(header)
+            # The loader's config, completed from the metadata as the conversion does (gguf_config).
+            model = load_causal_lm(path, header)
             strip_quantization(model)
             description = f"transformers loading {path.name} directly"
         else:

@@ -11,9 +11,13 @@ mean KL is ~0.004–0.005 nats per position with ~90–95% top-1 agreement, whil
 """
 
 import ctypes
+import logging
 import os
 import re
-from collections.abc import Collection, Sequence
+import sys
+import tempfile
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +56,10 @@ class LlamaCpp:
     """
 
     def __init__(self, path: Path, *, n_ctx: int = 512, threads: int | None = None) -> None:
-        try:
-            from llama_cpp import Llama
-        except ImportError as error:
-            raise InputError(INSTALL) from error
-        self._llm = Llama(
+        llama_cpp = available()
+        if llama_cpp is None:
+            raise InputError(INSTALL)
+        self._llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=threads, seed=0
         )
         self.n_ctx = n_ctx
@@ -165,6 +168,59 @@ class LlamaCpp:
         return {key: tensor for key, (_, tensor) in found.items()}
 
 
+def quantize(source: Path, target: Path, kind: str, *, threads: int | None = None) -> Path:
+    """llama.cpp's quantizer (``llama_model_quantize``): ``source`` (re-)quantized to ``kind``
+    (``"Q2_K"``, ``"Q4_K_M"``, ``"Q8_0"``…, llama.cpp's ``LLAMA_FTYPE_MOSTLY_*`` names) at ``target``,
+    written to a temporary sibling and renamed into place.
+
+    Raises:
+        InputError: llama-cpp-python is missing, ``kind`` is no llama.cpp file type, or llama.cpp
+            failed (its log says why).
+    """
+    llama_cpp = available()
+    if llama_cpp is None:
+        raise InputError(INSTALL)
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}", None)
+    if ftype is None:
+        kinds = sorted(
+            n.removeprefix("LLAMA_FTYPE_MOSTLY_")
+            for n in dir(llama_cpp)
+            if n.startswith("LLAMA_FTYPE_MOSTLY_")
+        )
+        raise InputError(f"{kind!r} is no llama.cpp quantization type; choose one of {', '.join(kinds)}.")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize = ftype, True
+    params.nthread = threads or os.cpu_count() or 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    paths = str(source).encode(), str(partial).encode()
+    try:
+        with _stderr_kept() as log:
+            status = llama_cpp.llama_model_quantize(*paths, ctypes.byref(params))
+        if status != 0:
+            raise InputError(f"llama.cpp could not quantize {source} to {kind}:\n{log.read()[-2000:]}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+@contextmanager
+def _stderr_kept() -> Iterator[Any]:
+    """Within the block, the process's stderr (where llama.cpp's quantizer writes a line per tensor)
+    goes to a temporary file, yielded for reading afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+
+
 def _ggml() -> Any:
     """ggml's tensor accessors from the library llama-cpp-python ships."""
     import llama_cpp
@@ -184,9 +240,14 @@ def _ggml() -> Any:
 
 
 def available() -> Any:
-    """The ``llama_cpp`` module, or ``None`` where llama-cpp-python is not installed."""
+    """The ``llama_cpp`` module (its log limited to errors), or ``None`` where llama-cpp-python is
+    not installed."""
     try:
         import llama_cpp
     except ImportError:
         return None
+    # llama.cpp's log goes through this logger; unset, it prints every line (the quantizer's, per tensor).
+    logger = logging.getLogger("llama-cpp-python")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
     return llama_cpp
