@@ -55,6 +55,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "InputError",
         "MechlabError",
         "MemoryLimitError",
+        "MemoryPlanError",
         "ModelNotFoundError",
         "OllamaModelNotFoundError",
         "SiteError",
@@ -137,6 +138,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "normalized_effect",
     ),
     "mechlab.models.cache": ("cache_dir",),
+    "mechlab.models.memory": ("MemoryPlan", "plan_memory"),
     "mechlab.models.info": ("ModelInfo",),
     "mechlab.models.load": (
         "LoadedModel",

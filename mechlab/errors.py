@@ -168,7 +168,7 @@ MSG_UNHOOKABLE_GGUF_ARCH = (
 MSG_GGUF_ROPE_SCALING = (
     "{path} holds a {arch!r} model whose positions llama.cpp encodes with {scaling}, which mechlab "
     "cannot convert into an equivalent transformers config: loaded anyway, the hooked model would "
-    "differ from what llama.cpp runs (README: \"Against llama.cpp itself\" lists the architectures "
+    'differ from what llama.cpp runs (README: "Against llama.cpp itself" lists the architectures '
     "checked against llama.cpp). Use a file without this RoPE scaling, or load the model's Hugging "
     "Face checkpoint instead (source hf:DIR or hf:ORG/NAME)."
 )
@@ -187,6 +187,17 @@ MSG_OLLAMA_NOT_FOUND = (
 
 class MemoryLimitError(MechlabError, MemoryError):
     """Caching the requested activations would exceed the memory limit."""
+
+
+class MemoryPlanError(MechlabError, MemoryError):
+    """Loading the model in the requested mode would not fit the memory available."""
+
+
+MSG_MEMORY_PLAN = (
+    "Loading {name} as {mode} on {device} needs about {needed:.1f} GB ({step}), but {available:.1f} GB "
+    "is available. {fitting}See the whole plan with `mechlab info SOURCE --plan` "
+    "(mechlab.plan_memory), or pass check_memory=False to try anyway."
+)
 
 
 class CaptureStoreError(MechlabError, ValueError):

@@ -35,6 +35,26 @@ def info_table(info: "mechlab.ModelInfo") -> Table:
 
 
 def cmd_info(args: argparse.Namespace, console: Console) -> int:
+    if args.plan:
+        plan = mechlab.plan_memory(args.source, device=args.device, prompt_len=args.prompt_len)
+        if args.json:
+            console.print_json(json.dumps(plan.to_dict()))
+            return 0
+        table = Table(
+            "mode",
+            "weights",
+            "load",
+            "forward",
+            "IG",
+            "AtP",
+            "",
+            title=f"Peak memory (GB) at {plan.prompt_len} tokens; {plan.available / 1024**3:.1f} GB free",
+        )
+        for row in plan.rows():
+            table.add_row(*row, style=None if row[-1] == "fits" else "red")
+        console.print(table)
+        console.print(escape(plan.summary()))
+        return 0
     loaded = load(args, console)
     if args.json:
         console.print_json(loaded.info.to_json())
@@ -170,7 +190,14 @@ HANDLERS: dict[str, Handler] = {
 def add_parsers(add: Add) -> None:
     """Add ``info``, ``generate`` and ``verify``."""
     p = add("info", "Show what a model is: architecture, quantization, shape, hash, cache location.")
-    p.add_argument("--json", action="store_true", help="print the ModelInfo record as JSON")
+    p.add_argument("--json", action="store_true", help="print the ModelInfo record (or the plan) as JSON")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="instead, estimate from the GGUF header (nothing loaded) the peak memory of loading, a forward "
+        "pass, IG and AtP in each mode, against the memory available",
+    )
+    p.add_argument("--prompt-len", type=positive_int, default=32, help="prompt length for --plan (tokens)")
 
     p = add("generate", "Generate a completion and show each token's probability and alternatives.")
     p.add_argument("prompt", metavar="PROMPT", help="the text to continue")

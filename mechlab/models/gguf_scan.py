@@ -12,12 +12,18 @@ is a ``u32`` element type, a ``u64`` count and the elements); each tensor entry 
 ``u64`` length and that many bytes.
 """
 
+import dataclasses
+import math
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 # Value type → size in bytes of a fixed-size value (GGUF's gguf_type enum); 8 is STRING, 9 ARRAY.
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_FORMAT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_KEEP = (
+    4096  # values kept by ``read``: strings of at most this many bytes, arrays of at most this many numbers
+)
 _STRING, _ARRAY = 8, 9
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_NESTING = 2  # arrays of arrays: llama.cpp writes none; one level is tolerated
@@ -97,30 +103,68 @@ def _skip_strings(cursor: _Cursor, count: int, what: str) -> None:
     handle.seek(cursor.pos)
 
 
-def _value(cursor: _Cursor, kind: int, what: str, depth: int = 0) -> None:
+def _value(cursor: _Cursor, kind: int, what: str, depth: int = 0, *, keep: bool = False) -> Any:
+    """Skip one value; with ``keep``, return it when it is small (a number, a short string, a short
+    array of numbers) and, for a long array, its length as ``Length``."""
     if kind in _FIXED:
+        if keep:
+            return struct.unpack("<" + _FORMAT[kind], cursor.read(_FIXED[kind], what))[0]
         cursor.skip(_FIXED[kind], what)
     elif kind == _STRING:
-        cursor.skip_string(what)
+        length = cursor.u64(f"the length of {what}")
+        if keep and length <= _KEEP:
+            return cursor.read(length, what).decode("utf-8", "replace")
+        cursor.skip(length, what)
     elif kind == _ARRAY:
         if depth >= _MAX_NESTING:
             raise HeaderError(f"{what} nests arrays more than {_MAX_NESTING} deep")
         element = cursor.u32(f"the element type of {what}")
         count = cursor.u64(f"the element count of {what}")
         if element in _FIXED:
+            if keep and count <= _KEEP:
+                data = cursor.read(count * _FIXED[element], f"{what} ({count:,} elements)")
+                return list(struct.unpack(f"<{count}{_FORMAT[element]}", data))
             cursor.skip(count * _FIXED[element], f"{what} ({count:,} elements)")
-            return
+            return Length(count)
         smallest = 8 if element == _STRING else 12  # a string's length / an array's type + count
         if element not in (_STRING, _ARRAY):
             raise HeaderError(f"{what} has elements of unknown type {element}")
         cursor.need(count * smallest, f"{what} ({count:,} elements)")
         if element == _STRING:
             _skip_strings(cursor, count, what)
-            return
+            return Length(count)
         for i in range(count):
             _value(cursor, element, f"{what}[{i}]", depth + 1)
+        return Length(count)
     else:
         raise HeaderError(f"{what} has unknown value type {kind}")
+    return None
+
+
+class Length(int):
+    """A metadata array too long to keep (a vocabulary): its element count."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One tensor-info entry: name, shape (GGUF order: fastest-varying first) and ggml type."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """What ``read`` keeps of a header: small metadata values, and every tensor's name and shape."""
+
+    metadata: dict[str, Any]
+    tensors: tuple[Tensor, ...]
+    end: int
 
 
 def scan(path: Path) -> int:
@@ -132,7 +176,22 @@ def scan(path: Path) -> int:
     Raises:
         HeaderError: a count or length that the file cannot hold, an unknown type, or a header cut off.
     """
+    return _walk(path, keep=False).end
+
+
+def read(path: Path) -> Header:
+    """``scan``, keeping the small metadata values and the tensor table (names, shapes, types).
+
+    A vocabulary's strings are skipped, not decoded, so this takes milliseconds where gguf-py's
+    reader takes seconds; long arrays are kept as their ``Length``.
+    """
+    return _walk(path, keep=True)
+
+
+def _walk(path: Path, *, keep: bool) -> Header:
     size = path.stat().st_size
+    metadata: dict[str, Any] = {}
+    tensors: list[Tensor] = []
     with path.open("rb") as handle:
         cursor = _Cursor(handle, size)
         if cursor.read(4, "the magic") != b"GGUF":
@@ -145,13 +204,26 @@ def scan(path: Path) -> int:
         cursor.need(n_kv * (8 + 4), f"{n_kv:,} metadata entries")
         for i in range(n_kv):
             key = cursor.string(f"metadata key #{i}", limit=_MAX_KEY)
-            name = key.decode("utf-8", "replace")[:80]
-            _value(cursor, cursor.u32(f"the type of {name!r}"), repr(name))
+            name = key.decode("utf-8", "replace")
+            value = _value(cursor, cursor.u32(f"the type of {name[:80]!r}"), repr(name[:80]), keep=keep)
+            if keep:
+                metadata[name] = value
         cursor.need(n_tensors * _MIN_TENSOR_INFO, f"{n_tensors:,} tensor entries")
         for i in range(n_tensors):
-            cursor.skip_string(f"the name of tensor #{i}")
+            if keep:
+                tensor_name = cursor.string(f"the name of tensor #{i}", limit=_MAX_KEY).decode(
+                    "utf-8", "replace"
+                )
+            else:
+                cursor.skip_string(f"the name of tensor #{i}")
             dims = cursor.u32(f"the dimension count of tensor #{i}")
             if not 1 <= dims <= _MAX_DIMS:
                 raise HeaderError(f"tensor #{i} claims {dims} dimensions (1 to {_MAX_DIMS} expected)")
-            cursor.skip(8 * dims + 4 + 8, f"the shape, type and offset of tensor #{i}")
-        return cursor.pos
+            if keep:
+                shape = struct.unpack(f"<{dims}Q", cursor.read(8 * dims, f"the shape of tensor #{i}"))
+                ggml_type = cursor.u32(f"the type of tensor #{i}")
+                cursor.skip(8, f"the offset of tensor #{i}")
+                tensors.append(Tensor(tensor_name, tuple(int(d) for d in shape), ggml_type))
+            else:
+                cursor.skip(8 * dims + 4 + 8, f"the shape, type and offset of tensor #{i}")
+        return Header(metadata, tuple(tensors), cursor.pos)

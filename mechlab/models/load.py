@@ -13,6 +13,7 @@ tokenizer metadata asks for it (SmolLM2's GGUF says ``add_bos_token = false``).
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -44,6 +45,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     status: Status | None = None,
     sources: SourceRegistry | None = None,
+    check_memory: bool = True,
 ) -> LoadedModel:
     """Load a model from any supported source as a HookedTransformer-protocol model.
 
@@ -56,18 +58,24 @@ def load_model(
         status: called with a short message before each slow step (conversion, hashing…).
         sources: the model sources to resolve ``source`` with (default: every installed one, the
             entry-point group ``mechlab.sources``; ``SourceRegistry.with_sources`` adds more).
+        check_memory: for a GGUF file, estimate from its header whether loading and a forward pass
+            fit the memory available (``mechlab.plan_memory``) before converting or loading.
 
     Returns:
         ``LoadedModel(model, tokenizer, info)``.
 
     Raises:
         SourceError, ModelNotFoundError (and subclasses), CorruptModelError,
-        UnsupportedArchitectureError — each saying what was wrong and what to do.
+        UnsupportedArchitectureError, MemoryPlanError — each saying what was wrong and what to do.
     """
     start = time.perf_counter()
     device = check_device(device)
     registry = sources or default_sources()
     scheme, target = registry.resolve(source)
+    if check_memory and scheme == "gguf":
+        from mechlab.models.memory import check_fits
+
+        check_fits(Path(target), dtype, device)
     model, info = registry.get(scheme).load(
         target, source=source, device=device, dtype=dtype, status=status or _quiet
     )

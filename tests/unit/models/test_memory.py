@@ -1,0 +1,87 @@
+"""The memory plan: the header read without gguf-py agrees with gguf-py, the estimate behaves as
+memory does, and load_model refuses a mode that does not fit before anything is loaded."""
+
+import gguf
+import pytest
+import torch
+
+import mechlab
+from mechlab.cli import main
+from mechlab.models import gguf_scan, memory
+from mechlab.models.bundled import bundled_gguf_path
+
+GB = 1024**3
+
+
+def test_the_fast_header_read_agrees_with_gguf_py() -> None:
+    path = bundled_gguf_path()
+    header, reader = gguf_scan.read(path), gguf.GGUFReader(str(path))
+    assert [(t.name, t.shape, t.ggml_type) for t in header.tensors] == [
+        (t.name, tuple(int(d) for d in t.shape), int(t.tensor_type)) for t in reader.tensors
+    ]
+    for key in (
+        "general.architecture",
+        "llama.block_count",
+        "llama.embedding_length",
+        "llama.rope.freq_base",
+    ):
+        assert header.metadata[key] == pytest.approx(reader.fields[key].contents())
+    assert (
+        header.metadata["tokenizer.ggml.tokens"] == len(reader.fields["tokenizer.ggml.tokens"].data) == 49152
+    )
+    assert header.end == gguf_scan.scan(path)
+
+
+def test_smollm2_shape_from_its_header() -> None:
+    shape = memory.read_shape(bundled_gguf_path())
+    assert (shape.n_layers, shape.d_model, shape.d_mlp, shape.n_heads, shape.d_vocab) == (
+        30,
+        576,
+        1536,
+        9,
+        49152,
+    )
+    assert shape.n_params == 134_515_008  # what the loaded model's parameters add up to
+
+
+def test_the_estimate_grows_as_memory_does() -> None:
+    shape = memory.read_shape(bundled_gguf_path())
+
+    def plan(mode: str, prompt_len: int = 32, converted: bool = True) -> memory.ModePlan:
+        return memory.plan_mode(
+            shape, mode, prompt_len=prompt_len, ig_batch=16, available=20 * GB, gpu=False, converted=converted
+        )
+
+    full, half = plan("float32"), plan("bfloat16")
+    assert full.weights == 4 * shape.n_params and half.weights == 2 * shape.n_params
+    assert half.forward < full.forward and half.ig < full.ig
+    assert full.load < plan("float32", converted=False).load  # converting holds two copies
+    assert full.forward < full.atp < full.ig < plan("float32", prompt_len=128).ig
+    # Against the peak RSS measured on SmolLM2 (MB): forward 1,030, IG 2,148, AtP 1,083, converting 1,247.
+    for estimate, measured in ((full.forward, 1030), (full.ig, 2148), (full.atp, 1083)):
+        assert estimate / 1024**2 == pytest.approx(measured, rel=0.1)
+    assert plan("float32", converted=False).load / 1024**2 == pytest.approx(1247, rel=0.1)
+
+
+def test_load_model_refuses_a_mode_that_does_not_fit_and_names_those_that_do(monkeypatch) -> None:
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(1.0 * GB))
+    monkeypatch.setattr(memory, "is_converted", lambda path: True)
+    with pytest.raises(
+        mechlab.MemoryPlanError,
+        match=r"as bfloat16 on cpu needs about 1\.\d GB \(loading\).*Modes that fit: float32",
+    ):
+        mechlab.load_model("smollm2", dtype=torch.bfloat16)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(0.5 * GB))
+    with pytest.raises(mechlab.MemoryPlanError, match="No mode fits"):
+        mechlab.load_model("smollm2")
+
+
+def test_info_plan_reads_only_the_header(capsys) -> None:
+    assert main(["info", "smollm2", "--plan", "--prompt-len", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "at 64 tokens" in out and "float32" in out and "bfloat16" in out and "Loaded" not in out
+
+
+def test_a_plan_needs_a_gguf_source() -> None:
+    with pytest.raises(mechlab.InputError, match="reads a GGUF header; 'toy:tiny' is a toy source"):
+        mechlab.plan_memory("toy:tiny")
