@@ -10,9 +10,9 @@ with the memory available (RAM; a GPU's free memory for the model itself when ``
 refuses one that does not fit, naming the modes that would.
 
 The estimates are a model with constants measured on SmolLM2 (135M parameters, float32: peak RSS
-1,030 MB after a 32-token forward, 2,148 MB during IG, 1,083 MB during AtP, 1,247 MB converting;
-the model gives 1,010, 2,208, 1,135 and 1,265) and checked on Gemma 3 270M by ``bench/memory_plan.py``,
-which prints estimate and measurement side by side.
+1,030 MB after a 32-token forward, 2,148 MB during IG, 1,083 MB during AtP, 1,247 MB converting)
+and Gemma 3 270M (1,965, 3,489, 2,033 and 3,331 MB); ``bench/memory_plan.py`` prints estimate and
+measurement side by side.
 
 Modes: ``float32`` and the half-precision ``bfloat16`` / ``float16`` (``load_model(dtype=...)``).
 """
@@ -34,11 +34,15 @@ MODES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 MB = 1024**2
-# Python, torch, transformers and TransformerLens imported (measured: 352 MB).
-BASELINE = 350 * MB
-# Converting holds the dequantized float32 tensors and the model together; half-precision loads
-# read the float32 converted copy and cast it (measured: 1.66 × the float32 weights on SmolLM2).
-CONVERT_FACTOR = 1.7
+# Python, torch, transformers and TransformerLens imported (measured: 352 MB with nothing loaded).
+BASELINE = 290 * MB
+# The tokenizer, per vocabulary entry (Gemma 3's 262,144 entries hold ~300 MB).
+TOKENIZER_PER_TOKEN = 1200
+# Converting holds the dequantized float32 tensors and the model together (1.6 × the float32
+# weights), and transformers builds the tokenizer from the GGUF vocabulary (~4 KB per entry);
+# half-precision loads read the float32 converted copy and cast it.
+CONVERT_FACTOR = 1.6
+CONVERT_PER_TOKEN = 4096
 # Allocator and bookkeeping over the weights during a forward pass.
 RUN_OVERHEAD = 0.2
 DEFAULT_PROMPT_LEN = 32
@@ -206,14 +210,14 @@ def plan_mode(
     if gpu:  # the device holds the weights and the activations; conversion happens in RAM
         load, host = weights, 0
     else:
-        host = BASELINE
-        # A float32 load of the converted copy holds the weights once; converting, or casting the
-        # float32 copy to half precision, holds both.
-        load = (
-            host + weights
-            if mode == "float32" and converted
-            else host + int(CONVERT_FACTOR * 4 * shape.n_params)
-        )
+        host = BASELINE + TOKENIZER_PER_TOKEN * shape.d_vocab
+        # A float32 load of the converted copy holds the weights once; casting the float32 copy to
+        # half precision holds both; converting also builds the tokenizer from the file.
+        cast = host + int(CONVERT_FACTOR * 4 * shape.n_params)
+        if converted:
+            load = host + weights if mode == "float32" else cast
+        else:
+            load = cast + CONVERT_PER_TOKEN * shape.d_vocab
     forward = host + int((1 + RUN_OVERHEAD) * weights) + 2 * prompt_len * shape.d_vocab * 4
     per_prompt = _activations_per_token_layer(shape, prompt_len, itemsize) * shape.n_layers * prompt_len
     ig = forward + ig_batch * per_prompt + ig_batch * prompt_len * shape.d_vocab * 4 * 2
