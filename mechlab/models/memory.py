@@ -14,7 +14,8 @@ The estimates are a model with constants measured on SmolLM2 (135M parameters, f
 and Gemma 3 270M (1,965, 3,489, 2,033 and 3,331 MB); ``bench/memory_plan.py`` prints estimate and
 measurement side by side.
 
-Modes: ``float32`` and the half-precision ``bfloat16`` / ``float16`` (``load_model(dtype=...)``).
+Modes: ``float32`` and the half-precision ``bfloat16`` / ``float16`` (``load_model(dtype=...)``; their
+converted copies are written once from the float32 one, ``mechlab.models.precision``).
 """
 
 import dataclasses
@@ -39,10 +40,11 @@ BASELINE = 290 * MB
 # The tokenizer, per vocabulary entry (Gemma 3's 262,144 entries hold ~300 MB).
 TOKENIZER_PER_TOKEN = 1200
 # Converting holds the dequantized float32 tensors and the model together (1.6 × the float32
-# weights), and transformers builds the tokenizer from the GGUF vocabulary (~4 KB per entry);
-# half-precision loads read the float32 converted copy and cast it.
+# weights), and transformers builds the tokenizer from the GGUF vocabulary (~4 KB per entry).
 CONVERT_FACTOR = 1.6
 CONVERT_PER_TOKEN = 4096
+# Writing a half-precision copy reads the float32 copy tensor by tensor (its pages stay resident).
+WRITE_FACTOR = 1.2
 # Allocator and bookkeeping over the weights during a forward pass.
 RUN_OVERHEAD = 0.2
 DEFAULT_PROMPT_LEN = 32
@@ -202,22 +204,29 @@ def _activations_per_token_layer(shape: Shape, prompt_len: int, itemsize: int) -
 
 
 def plan_mode(
-    shape: Shape, mode: str, *, prompt_len: int, ig_batch: int, available: int, gpu: bool, converted: bool
+    shape: Shape,
+    mode: str,
+    *,
+    prompt_len: int,
+    ig_batch: int,
+    available: int,
+    gpu: bool,
+    copies: frozenset[str] = frozenset(),
 ) -> ModePlan:
-    """One mode's estimate (see the module docstring for the model and its constants)."""
+    """One mode's estimate (see the module docstring for the model and its constants); ``copies``
+    are the modes whose converted copy is already in the cache."""
     itemsize = MODES[mode].itemsize
     weights = shape.n_params * itemsize
     if gpu:  # the device holds the weights and the activations; conversion happens in RAM
         load, host = weights, 0
     else:
         host = BASELINE + TOKENIZER_PER_TOKEN * shape.d_vocab
-        # A float32 load of the converted copy holds the weights once; casting the float32 copy to
-        # half precision holds both; converting also builds the tokenizer from the file.
-        cast = host + int(CONVERT_FACTOR * 4 * shape.n_params)
-        if converted:
-            load = host + weights if mode == "float32" else cast
-        else:
-            load = cast + CONVERT_PER_TOKEN * shape.d_vocab
+        if mode in copies:  # read the copy in this mode
+            load = host + weights
+        elif "float32" in copies:  # write the half-precision copy from the float32 one, streaming
+            load = host + int(WRITE_FACTOR * 4 * shape.n_params)
+        else:  # convert the GGUF file first
+            load = host + int(CONVERT_FACTOR * 4 * shape.n_params) + CONVERT_PER_TOKEN * shape.d_vocab
     forward = host + int((1 + RUN_OVERHEAD) * weights) + 2 * prompt_len * shape.d_vocab * 4
     per_prompt = _activations_per_token_layer(shape, prompt_len, itemsize) * shape.n_layers * prompt_len
     ig = forward + ig_batch * per_prompt + ig_batch * prompt_len * shape.d_vocab * 4 * 2
@@ -238,7 +247,7 @@ def check_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:
         shape = read_shape(path)
     except MechlabError:
         return  # no plan without the sizes; the loader says what is wrong with the file
-    room, gpu, converted = available_bytes(device), device.type == "cuda", is_converted(path)
+    room, gpu, copies = available_bytes(device), device.type == "cuda", converted_copies(path)
     plans = {
         name: plan_mode(
             shape,
@@ -247,7 +256,7 @@ def check_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:
             ig_batch=DEFAULT_IG_BATCH,
             available=room,
             gpu=gpu,
-            converted=converted,
+            copies=copies,
         )
         for name in MODES
     }
@@ -271,12 +280,17 @@ def check_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:
     )
 
 
-def is_converted(path: Path) -> bool:
-    """Whether the converted copy of this GGUF file is in the cache (its hash is remembered)."""
+def converted_copies(path: Path) -> frozenset[str]:
+    """The modes whose converted copy of this GGUF file is in the cache (its hash is remembered)."""
+    from mechlab.models import precision
     from mechlab.models.cache import converted_dir, file_sha256
     from mechlab.models.gguf import HEADER_FILE
 
-    return (converted_dir(file_sha256(path)) / HEADER_FILE).is_file()
+    converted = converted_dir(file_sha256(path))
+    if not (converted / HEADER_FILE).is_file():
+        return frozenset()
+    half = {name for dtype, name in precision.NAMES.items() if precision.has_copy(converted, dtype)}
+    return frozenset({"float32", *half})
 
 
 def plan_memory(
@@ -311,7 +325,7 @@ def plan_memory(
     shape = read_shape(path)
     device = torch.device(device)
     room = available_bytes(device) if available is None else available
-    converted = is_converted(path)
+    copies = converted_copies(path)
     gpu = device.type == "cuda"
     plans = tuple(
         plan_mode(
@@ -321,7 +335,7 @@ def plan_memory(
             ig_batch=ig_batch,
             available=room,
             gpu=gpu,
-            converted=converted,
+            copies=copies,
         )
         for mode in modes
     )

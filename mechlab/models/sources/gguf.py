@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from mechlab.models import gguf, hf
+from mechlab.models import gguf, hf, precision
 from mechlab.models.bridge import info_from, wrap_hf_model
 from mechlab.models.info import ModelInfo
 from mechlab.models.sources.base import Source, Status
@@ -31,7 +31,9 @@ def load_gguf(
     converted, header, sha, was_cached = gguf.ensure_converted(path.expanduser(), status=say)
     say("loading converted weights" if was_cached else "loading the new converted copy")
     try:
-        hf_model, tokenizer = hf.load_dir(converted, dtype=torch.float32)
+        if dtype in precision.NAMES:
+            say(f"writing the {precision.NAMES[dtype]} copy (once)")
+        hf_model, tokenizer = hf.load_dir(precision.copy_in(converted, dtype), dtype=dtype)
     except Exception:
         if not was_cached:  # transformers cannot read the copy it just wrote: later loads must not reuse it
             gguf.discard_converted(converted)

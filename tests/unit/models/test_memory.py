@@ -46,9 +46,15 @@ def test_smollm2_shape_from_its_header() -> None:
     assert shape.n_params == 134_515_008  # what the loaded model's parameters add up to
 
 
-def _plan(shape: memory.Shape, mode: str, prompt_len: int = 32, converted: bool = True) -> memory.ModePlan:
+def _plan(shape: memory.Shape, mode: str, prompt_len: int = 32, copies: str = "float32") -> memory.ModePlan:
     return memory.plan_mode(
-        shape, mode, prompt_len=prompt_len, ig_batch=16, available=20 * GB, gpu=False, converted=converted
+        shape,
+        mode,
+        prompt_len=prompt_len,
+        ig_batch=16,
+        available=20 * GB,
+        gpu=False,
+        copies=frozenset(copies.split()),
     )
 
 
@@ -57,7 +63,9 @@ def test_the_estimate_grows_as_memory_does() -> None:
     full, half = _plan(shape, "float32"), _plan(shape, "bfloat16")
     assert full.weights == 4 * shape.n_params and half.weights == 2 * shape.n_params
     assert half.forward < full.forward and half.ig < full.ig
-    assert full.load < _plan(shape, "float32", converted=False).load  # converting holds two copies
+    assert full.load < _plan(shape, "float32", copies="").load  # converting holds two copies
+    # A half-precision copy, once written, loads in half the memory; writing it streams the float32 one.
+    assert _plan(shape, "bfloat16", copies="float32 bfloat16").load < full.load < half.load
     assert full.forward < full.atp < full.ig < _plan(shape, "float32", prompt_len=128).ig
 
 
@@ -73,23 +81,25 @@ def test_the_estimate_is_within_ten_percent_of_what_was_measured(source: str) ->
     except mechlab.BundledModelMissingError:
         pytest.skip(f"{source} is not installed")
     shape = memory.read_shape(path)
-    full, converting = _plan(shape, "float32"), _plan(shape, "float32", converted=False)
+    full, converting = _plan(shape, "float32"), _plan(shape, "float32", copies="")
     estimates = (full.forward, full.ig, full.atp, converting.load)
     for estimate, measured in zip(estimates, MEASURED[source], strict=True):
         assert estimate / 2**20 == pytest.approx(measured, rel=0.1)
 
 
 def test_load_model_refuses_a_mode_that_does_not_fit_and_names_those_that_do(monkeypatch) -> None:
-    monkeypatch.setattr(memory, "available_bytes", lambda device: int(1.0 * GB))
-    monkeypatch.setattr(memory, "is_converted", lambda path: True)
+    # SmolLM2 with its float32 and bfloat16 copies converted: a float32 forward pass needs ~0.95 GB,
+    # a bfloat16 one ~0.67 GB; float16 would first write its copy (~0.94 GB).
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(0.9 * GB))
+    monkeypatch.setattr(memory, "converted_copies", lambda path: frozenset({"float32", "bfloat16"}))
     with pytest.raises(
         mechlab.MemoryPlanError,
-        match=r"as bfloat16 on cpu needs about 1\.\d GB \(loading\).*Modes that fit: float32",
+        match=r"as float32 on cpu needs about 1\.0 GB \(a forward pass\), but 0\.9 GB.*Modes that fit: bfloat16 ",
     ):
-        mechlab.load_model("smollm2", dtype=torch.bfloat16)
+        mechlab.load_model("smollm2")
     monkeypatch.setattr(memory, "available_bytes", lambda device: int(0.5 * GB))
     with pytest.raises(mechlab.MemoryPlanError, match="No mode fits"):
-        mechlab.load_model("smollm2")
+        mechlab.load_model("smollm2", dtype=torch.bfloat16)
 
 
 def test_info_plan_reads_only_the_header(capsys) -> None:
