@@ -20,10 +20,12 @@ import torch
 
 from mechlab.errors import InputError
 from mechlab.models.info import ModelInfo
-from mechlab.models.sources import Resolved, SourceRegistry
+from mechlab.models.sources import SourceRegistry
+from mechlab.models.sources.base import default_sources, resolve_source
+
+__all__ = ["LoadedModel", "check_device", "default_sources", "load_model", "resolve_source"]
 
 Status = Callable[[str], None]
-_DEFAULT_SOURCES: "SourceRegistry | None" = None
 
 
 class LoadedModel(NamedTuple):
@@ -106,21 +108,3 @@ def check_device(device: str | torch.device) -> torch.device:
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"{device!r}: MPS (Apple GPUs) is not available on this machine. Use cpu.")
     return parsed
-
-
-def default_sources() -> SourceRegistry:
-    """The installed model sources (entry-point group ``mechlab.sources``), read once per process."""
-    global _DEFAULT_SOURCES
-    if _DEFAULT_SOURCES is None:
-        _DEFAULT_SOURCES = SourceRegistry.from_entry_points()
-    return _DEFAULT_SOURCES
-
-
-def resolve_source(source: str, sources: SourceRegistry | None = None) -> Resolved:
-    """Classify a source string: ``(scheme, target)`` of the source that loads it.
-
-    A Hub name that TransformerLens knows by another name comes back as its Hub name
-    (``gpt2-small`` → ``("hub", "gpt2")``). A string that looks like a path (``./x``, ``/x``, ``~/x``,
-    ``x.gguf``, ``a/b/c``) but names nothing raises ``ModelNotFoundError``; it never reaches the Hub.
-    """
-    return (sources or default_sources()).resolve(source)

@@ -313,7 +313,7 @@ def plan_memory(
     Raises:
         InputError: the source is not a GGUF file, or an unknown mode.
     """
-    from mechlab.models.load import resolve_source
+    from mechlab.models.sources.base import resolve_source
 
     scheme, target = resolve_source(str(source))
     if scheme != "gguf":

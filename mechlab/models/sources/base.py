@@ -231,3 +231,24 @@ def _returning(source: type[Source]) -> Callable[[], type[Source]]:
         return source
 
     return load
+
+
+_DEFAULT_SOURCES: SourceRegistry | None = None
+
+
+def default_sources() -> SourceRegistry:
+    """The installed model sources (entry-point group ``mechlab.sources``), read once per process."""
+    global _DEFAULT_SOURCES
+    if _DEFAULT_SOURCES is None:
+        _DEFAULT_SOURCES = SourceRegistry.from_entry_points()
+    return _DEFAULT_SOURCES
+
+
+def resolve_source(source: str, sources: SourceRegistry | None = None) -> Resolved:
+    """Classify a source string: ``(scheme, target)`` of the source that loads it.
+
+    A Hub name that TransformerLens knows by another name comes back as its Hub name
+    (``gpt2-small`` → ``("hub", "gpt2")``). A string that looks like a path (``./x``, ``/x``, ``~/x``,
+    ``x.gguf``, ``a/b/c``) but names nothing raises ``ModelNotFoundError``; it never reaches the Hub.
+    """
+    return (sources or default_sources()).resolve(source)
