@@ -31,11 +31,26 @@ $(STAMP): pyproject.toml constraints.txt
 # machine. --no-cache-dir: a wheel cached from a build with other flags would be reused otherwise.
 LLAMACPP_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-install-llamacpp: $(VENV)/.llamacpp-installed
+LLAMACPP_VERSION := 0.3.36
+# llama.cpp's own converter (convert_hf_to_gguf.py, its conversion/ package and the gguf-py beside it),
+# from the same llama-cpp-python source distribution, unpacked to $(VENV)/llama.cpp: the conformance
+# matrix (tests/integration/test_conformance.py) writes its GGUF files with it, as operators' files are.
+LLAMACPP_CONVERTER := $(VENV)/llama.cpp/convert_hf_to_gguf.py
+install-llamacpp: $(VENV)/.llamacpp-installed $(LLAMACPP_CONVERTER)
 
 $(VENV)/.llamacpp-installed: $(STAMP)
-	CMAKE_ARGS="$(LLAMACPP_FLAGS)" $(PIP) $(CONSTRAINTS) --no-cache-dir "llama-cpp-python==0.3.36"
+	CMAKE_ARGS="$(LLAMACPP_FLAGS)" $(PIP) $(CONSTRAINTS) --no-cache-dir "llama-cpp-python==$(LLAMACPP_VERSION)"
 	touch $@
+
+$(LLAMACPP_CONVERTER): $(STAMP)
+	rm -rf $(VENV)/llama.cpp $(VENV)/.llamacpp-sdist
+	$(BIN)/python -m pip download --quiet --progress-bar off --no-deps --no-binary :all: \
+		--dest $(VENV)/.llamacpp-sdist "llama-cpp-python==$(LLAMACPP_VERSION)"
+	tar -xzf $(VENV)/.llamacpp-sdist/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(VENV)/.llamacpp-sdist \
+		--wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' \
+		'*/vendor/llama.cpp/gguf-py/*'
+	mv $(VENV)/.llamacpp-sdist/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp $(VENV)/llama.cpp
+	rm -rf $(VENV)/.llamacpp-sdist
 
 # Regenerate the lock from pyproject.toml's ranges: a fresh virtualenv takes the newest versions they
 # allow (torch held at the CPU wheel), and its `pip freeze` becomes constraints.txt. Run `make test`

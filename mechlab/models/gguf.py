@@ -170,7 +170,8 @@ def read_header(path: Path) -> GGUFHeader:
     counts = collections.Counter(t.tensor_type.name for t in tensors)
     metadata = {k: _field(reader, k) for k in reader.fields if k.startswith(f"{architecture}.")}
     try:
-        config = gguf_config.overrides(architecture, metadata, {t.name for t in tensors}, source=str(path))
+        data = {t.name: t.data for t in tensors}
+        config = gguf_config.overrides(architecture, metadata, data, source=str(path))
         unconvertible = None
     except UnsupportedArchitectureError as error:
         config, unconvertible = {}, str(error)

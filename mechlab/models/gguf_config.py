@@ -15,7 +15,8 @@ the llama.cpp vendored by llama-cpp-python 0.3.36); ``tests/integration/test_con
 the result against llama.cpp itself for every architecture listed in the README's matrix.
 """
 
-from collections.abc import Collection, Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mechlab.errors import MSG_GGUF_ROPE_SCALING, UnsupportedArchitectureError
@@ -29,31 +30,34 @@ _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 _HEAD_DIM_FROM_KEY_LENGTH = ("llama", "mistral", "qwen3")
 # RoPE applied the same way in every layer (transformers: one ``rope_parameters`` dict).
 _PLAIN_ROPE = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")
+# Architectures whose rope_freqs tensor is Llama 3's scaling (transformers' rope_type "llama3").
+_LLAMA3_ROPE = ("llama", "mistral")
 # llama.cpp's per-dimension RoPE frequency divisors (Llama 3's scaling; Phi-3's long/short factors).
 _ROPE_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
 
 def overrides(
-    architecture: str, metadata: Mapping[str, Any], tensors: Collection[str], *, source: str
+    architecture: str, metadata: Mapping[str, Any], tensors: Mapping[str, Any], *, source: str
 ) -> dict[str, Any]:
     """Config fields for the converted model, as llama.cpp derives them from this file.
 
     Args:
         architecture: the file's ``general.architecture`` (llama.cpp's name).
         metadata: the file's metadata, key → value (``GGUFReader`` field contents).
-        tensors: the names of the file's tensors.
+        tensors: the file's tensors, name → values (read only for RoPE factors, so a lazy
+            mapping such as ``GGUFReader`` tensor data costs nothing).
         source: the file, for error messages.
 
     Returns:
-        Attribute → value for the transformers config that transformers' loader builds; empty when
-        its defaults already agree with llama.cpp.
+        Attribute → value to set on the config transformers' loader builds (empty where the
+        loader's key table covers everything llama.cpp reads, as for Qwen2).
 
     Raises:
         UnsupportedArchitectureError: the file asks for a RoPE scaling transformers cannot express.
 
-    >>> overrides("qwen3", {"qwen3.attention.key_length": 64}, [], source="q.gguf")
+    >>> overrides("qwen3", {"qwen3.attention.key_length": 64}, {}, source="q.gguf")
     {'head_dim': 64}
-    >>> overrides("gpt2", {"gpt2.context_length": 256}, [], source="g.gguf")
+    >>> overrides("gpt2", {"gpt2.context_length": 256}, {}, source="g.gguf")
     {'n_positions': 256}
     """
 
@@ -75,17 +79,17 @@ def overrides(
 
 
 def _gemma(architecture: str, key: Any) -> dict[str, Any]:
-    n_layers = int(key("block_count"))
-    n_embd, n_head = int(key("embedding_length")), int(key("attention.head_count"))
-    head_dim = int(key("attention.key_length", n_embd // n_head))
-    fields: dict[str, Any] = {
-        # llama.cpp scales queries by 1/sqrt(head size), or 1/sqrt(n_embd / n_head) for the 27B models;
-        # no metadata key carries the scale, so transformers' query_pre_attn_scalar (default 256) is set to it.
-        "query_pre_attn_scalar": n_embd // n_head
-        if n_layers == _GEMMA_27B_LAYERS[architecture]
-        else head_dim,
-        "layer_types": _layer_types(architecture, key, n_layers),
-    }
+    fields: dict[str, Any] = {}
+    n_layers, n_embd, n_head = key("block_count"), key("embedding_length"), key("attention.head_count")
+    if n_layers and n_embd and n_head:
+        head_dim = int(key("attention.key_length", n_embd // n_head))
+        # llama.cpp scales queries by 1/sqrt(head size), or by 1/sqrt(n_embd / n_head) for the 27B
+        # models; no metadata key carries the scale, and transformers' query_pre_attn_scalar
+        # (default 256) is what it multiplies by, so it gets llama.cpp's value.
+        big = int(n_layers) == _GEMMA_27B_LAYERS[architecture]
+        fields["query_pre_attn_scalar"] = int(n_embd) // int(n_head) if big else head_dim
+    if n_layers:
+        fields["layer_types"] = _layer_types(architecture, key, int(n_layers))
     if architecture == "gemma2":
         fields["attn_logit_softcapping"] = float(key("attn_logit_softcapping", 50.0))
         fields["final_logit_softcapping"] = float(key("final_logit_softcapping", 30.0))
@@ -109,26 +113,32 @@ def _layer_types(architecture: str, key: Any, n_layers: int) -> list[str]:
     return ["sliding_attention" if flag else "full_attention" for flag in sliding]
 
 
-def _rope(architecture: str, key: Any, tensors: Collection[str], *, source: str) -> dict[str, Any]:
+def _rope(architecture: str, key: Any, tensors: Mapping[str, Any], *, source: str) -> dict[str, Any]:
     """RoPE bases and scaling the loader does not carry over (it reads only ``rope.freq_base``)."""
+    if architecture == "gpt-oss":
+        return {}  # the one architecture whose RoPE scaling transformers' loader reads
+
+    def refuse(scaling: str) -> UnsupportedArchitectureError:
+        return UnsupportedArchitectureError(
+            MSG_GGUF_ROPE_SCALING.format(path=source, arch=architecture, scaling=scaling)
+        )
+
     base = float(key("rope.freq_base", 10000.0))
     scaling = str(key("rope.scaling.type", "none")).lower()
     factor = float(key("rope.scaling.factor") or key("rope.scale_linear") or 1.0)
     factor_tensors = sorted(t for t in _ROPE_FACTOR_TENSORS if t in tensors)
-    if architecture == "gpt-oss":
-        return {}  # the one architecture whose RoPE scaling transformers' loader reads
-    if factor_tensors:
-        raise UnsupportedArchitectureError(
-            MSG_GGUF_ROPE_SCALING.format(
-                path=source, arch=architecture, scaling=f"per-dimension RoPE factors ({', '.join(factor_tensors)})"
-            )
-        )
-    scaled = scaling not in ("none", "linear") or (scaling == "linear" and factor != 1.0)
-    if scaled and (architecture not in (*_PLAIN_ROPE, "gemma3") or scaling != "linear"):
-        raise UnsupportedArchitectureError(
-            MSG_GGUF_ROPE_SCALING.format(path=source, arch=architecture, scaling=f"{scaling} (factor {factor:g})")
-        )
-    rope = {"rope_type": "linear", "rope_theta": base, "factor": factor} if scaled else None
+    rope: dict[str, Any] | None = None
+    if factor_tensors == ["rope_freqs.weight"] and architecture in _LLAMA3_ROPE:
+        dims = int(key("rope.dimension_count") or key("attention.key_length") or 0)
+        rope = llama3_rope([float(f) for f in tensors["rope_freqs.weight"]], base, dims)
+        if rope is None:
+            raise refuse("per-dimension RoPE factors (rope_freqs.weight) that match no Llama 3 scaling")
+    elif factor_tensors:
+        raise refuse(f"per-dimension RoPE factors ({', '.join(factor_tensors)})")
+    if scaling not in ("none", "linear") or (scaling == "linear" and factor != 1.0):
+        if architecture not in (*_PLAIN_ROPE, "gemma3") or scaling != "linear" or rope is not None:
+            raise refuse(f"{scaling} scaling (factor {factor:g})")
+        rope = {"rope_type": "linear", "rope_theta": base, "factor": factor}
     if architecture == "gemma3":
         # Sliding-window layers use their own base and no scaling (llama.cpp: rope_freq_base_train_swa,
         # default 10000, and rope_freq_scale_train_swa, 1).
@@ -140,9 +150,74 @@ def _rope(architecture: str, key: Any, tensors: Collection[str], *, source: str)
             }
         }
     if architecture == "gemma2" and key("rope.freq_base_swa") not in (None, base):
-        raise UnsupportedArchitectureError(
-            MSG_GGUF_ROPE_SCALING.format(
-                path=source, arch=architecture, scaling="a separate RoPE base for sliding-window layers"
-            )
-        )
+        raise refuse("a separate RoPE base for sliding-window layers")
     return {"rope_parameters": rope} if rope else {}
+
+
+def llama3_rope(divisors: Sequence[float], base: float, dims: int) -> dict[str, Any] | None:
+    """transformers' ``llama3`` RoPE parameters that reproduce llama.cpp's ``rope_freqs`` divisors.
+
+    llama.cpp's converter stores Llama 3's scaling as one divisor per frequency (1 for short
+    wavelengths, ``factor`` for long ones, interpolated between), not as the four numbers
+    transformers takes. Between the bands ``1 / r = (1 - s) / factor + s`` with
+    ``s = (L / wavelength - low) / (high - low)``, linear in ``1 / wavelength``: two or more
+    frequencies in that band give its slope and offset, hence ``L / (high - low)`` and
+    ``low / (high - low)``, which fix the result (with ``low`` = 1, Llama 3's choice, the other two
+    follow). The parameters found are checked by recomputing every divisor; None if they do not
+    reproduce them (or too few frequencies fall between the bands to find them).
+
+    >>> divisors = [1.0, 1.0, 1.29398, 2.76517, 7.66739, 8.0, 8.0, 8.0]  # factor 8, L = 64, base 100
+    >>> params = llama3_rope(divisors, 100.0, 16)
+    >>> params["original_max_position_embeddings"], round(params["high_freq_factor"], 3)
+    (64, 4.0)
+    """
+    if dims != 2 * len(divisors) or not divisors:
+        return None
+    wavelengths = [2 * math.pi * base ** (2 * i / dims) for i in range(len(divisors))]
+    factor = max(divisors)
+    if factor <= 1.0:
+        return None
+    band = [
+        (1 / w, (1 / r - 1 / factor) / (1 - 1 / factor))
+        for w, r in zip(wavelengths, divisors, strict=True)
+        if 1 + 1e-5 < r < factor * (1 - 1e-5)
+    ]
+    if len(band) < 2:
+        return None
+    n = len(band)
+    mean_x, mean_s = sum(x for x, _ in band) / n, sum(y for _, y in band) / n
+    slope = sum((x - mean_x) * (y - mean_s) for x, y in band) / sum((x - mean_x) ** 2 for x, _ in band)
+    offset = slope * mean_x - mean_s  # s = slope / wavelength - offset
+    if slope <= 0 or offset <= 0:
+        return None
+    original = slope / offset  # L, with low = 1
+    if abs(original - round(original)) < 1e-3 * original:
+        original = round(original)
+    params = {
+        "rope_type": "llama3",
+        "rope_theta": base,
+        "factor": factor,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": round(1.0 + 1.0 / offset, 6),
+        "original_max_position_embeddings": original,
+    }
+    expected = _llama3_divisors(params, wavelengths)
+    if any(abs(a - b) > 1e-4 * b for a, b in zip(expected, divisors, strict=True)):
+        return None
+    return params
+
+
+def _llama3_divisors(params: Mapping[str, Any], wavelengths: Sequence[float]) -> list[float]:
+    """transformers' ``_compute_llama3_parameters``, as divisors of the default frequencies."""
+    factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+    original = params["original_max_position_embeddings"]
+    divisors = []
+    for wavelength in wavelengths:
+        if wavelength < original / high:
+            divisors.append(1.0)
+        elif wavelength > original / low:
+            divisors.append(factor)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            divisors.append(1 / ((1 - smooth) / factor + smooth))
+    return divisors

@@ -4,7 +4,8 @@ Operators' GGUF files come from llama.cpp's converter (``convert_hf_to_gguf.py``
 the conformance matrix (``test_conformance.py``) makes its files the same way: a tiny seeded
 transformers checkpoint is saved with ``save_pretrained``, converted to F16 (or Q8_0, gguf-py's
 quantizer) by the converter llama-cpp-python's source distribution ships (``make install-llamacpp``
-unpacks it to ``.venv/llama.cpp``), and quantized to K-quants by ``llama_model_quantize``.
+unpacks it to ``.venv/llama.cpp``), and quantized to K-quants by llama.cpp's quantizer
+(``mechlab.models.references.llamacpp.quantize``, its ``llama_model_quantize``).
 
 The checkpoints carry a 2,048-token slice of SmolLM2's byte-level BPE vocabulary (Gemma 2's converter
 insists on SentencePiece, so it gets a small SentencePiece model trained here instead). The converter
@@ -30,12 +31,12 @@ SPM_VOCAB = 1024
 # K-quants pack rows in blocks of 256 values, so every matrix's input width is a multiple of 256.
 HIDDEN, FFN = 256, 512
 CONVERTER_ENV = "MECHLAB_LLAMACPP_CONVERTER"
-FINAL_NORM_SCALE = float(os.environ.get("FNS", "1"))
-TOKEN_SCALE_SPREAD = float(os.environ.get("TSS", "1"))
+TOKEN_SCALE_SPREAD = 0.75  # the log-normal spread of the output rows' norms (see _randomize)
 
 
 def converter_path() -> Path:
-    """Where ``make install-llamacpp`` unpacks llama.cpp's ``convert_hf_to_gguf.py`` (or ``$MECHLAB_LLAMACPP_CONVERTER``)."""
+    """Where ``make install-llamacpp`` unpacks llama.cpp's ``convert_hf_to_gguf.py`` (or
+    ``$MECHLAB_LLAMACPP_CONVERTER``)."""
     override = os.environ.get(CONVERTER_ENV)
     return Path(override) if override else Path(sys.prefix) / "llama.cpp" / "convert_hf_to_gguf.py"
 
@@ -44,25 +45,28 @@ def converter_path() -> Path:
 class Arch:
     """One row of the matrix: an architecture, how its tiny checkpoint is built, and its quantized type."""
 
-    name: str  # the GGUF general.architecture llama.cpp's converter writes
+    name: str  # the matrix row, and the files' stem
     build: Callable[[], Any]
     quant: str  # "Q8_0" (the converter, gguf-py) or a llama.cpp file type such as "Q4_K_M"
+    gguf_arch: str = ""  # the general.architecture the converter writes, when not ``name``
     pre_tokenizer: str = "smollm"
     sentencepiece: bool = False
 
+    @property
+    def architecture(self) -> str:
+        return self.gguf_arch or self.name
 
-def _randomize_norms(model: Any) -> Any:
-    """Norm weights away from their initial values (so a mishandled norm shows), and the final norm
-    scaled up: a freshly initialized model's next-token distribution is nearly flat, its top-1 a
-    coin toss that llama.cpp's activation quantization flips; sharper logits make top-1 agreement a
-    test of the model rather than of rounding."""
-    gemma = model.config.model_type.startswith("gemma")  # Gemma's RMSNorm scales by 1 + weight
+
+def _randomize(model: Any) -> Any:
+    """Norm weights moved away from their initial values, so a mishandled norm shows; the rows of
+    the output matrix scaled by log-normal factors, as trained models' are. A freshly initialized
+    model's logits are Gaussian, so its top two candidates are often near-ties that llama.cpp's
+    activation quantization reorders; with heavier-tailed logits top-1 agreement measures the
+    conversion rather than rounding (on the quantized files here: 93-100% instead of 89-100%)."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "norm" in name or ".ln_" in name:
                 parameter.add_(torch.randn_like(parameter) * 0.2)
-            if name in ("model.norm.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"):
-                parameter.copy_(FINAL_NORM_SCALE * (1 + parameter) - 1 if gemma else FINAL_NORM_SCALE * parameter)
         unembed = model.get_output_embeddings().weight
         unembed.mul_(torch.exp(torch.randn(unembed.shape[0], 1) * TOKEN_SCALE_SPREAD))
     return model.eval()
@@ -88,6 +92,22 @@ def _llama() -> Any:
     return LlamaForCausalLM(LlamaConfig(**_common(tie_word_embeddings=False, rope_theta=50000.0)))
 
 
+def _llama3_rope() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    # Llama 3's RoPE scaling, which llama.cpp's converter stores as a rope_freqs tensor; an original
+    # context of 16 positions puts the scaled frequencies within reach of short prompts.
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
+    return LlamaForCausalLM(LlamaConfig(**_common(tie_word_embeddings=True), rope_parameters=rope))
+
+
 def _mistral() -> Any:
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -108,7 +128,9 @@ def _qwen3() -> Any:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     # A head size other than hidden / heads, as in Qwen3-0.6B (1024 / 16 = 64, head_dim 128).
-    return Qwen3ForCausalLM(Qwen3Config(**_common(num_attention_heads=8, tie_word_embeddings=True), head_dim=64))
+    return Qwen3ForCausalLM(
+        Qwen3Config(**_common(num_attention_heads=8, tie_word_embeddings=True), head_dim=64)
+    )
 
 
 def _gemma2() -> Any:
@@ -158,7 +180,9 @@ def _gpt2() -> Any:
 
 ARCHITECTURES = (
     Arch("llama", _llama, "Q4_K_M"),
-    Arch("mistral", _mistral, "Q8_0"),
+    Arch("llama3-rope", _llama3_rope, "Q6_K", gguf_arch="llama"),
+    Arch("mistral", _mistral, "Q8_0", gguf_arch="llama"),  # llama.cpp has no "mistral" architecture
+    # transformers gives a qwen2 checkpoint its Qwen2Tokenizer, which splits text with Qwen2's regex.
     Arch("qwen2", _qwen2, "Q6_K", pre_tokenizer="qwen2"),
     Arch("qwen3", _qwen3, "Q4_K_M"),
     Arch("gemma2", _gemma2, "Q8_0", sentencepiece=True),
@@ -169,9 +193,9 @@ ARCHITECTURES = (
 
 
 def tiny_model(arch: Arch, seed: int = 0) -> Any:
-    """The tiny seeded transformers model of ``arch``, norms randomized."""
+    """The tiny seeded transformers model of ``arch`` (see ``_randomize``)."""
     torch.manual_seed(seed)
-    return _randomize_norms(arch.build())
+    return _randomize(arch.build())
 
 
 def save_smollm2_tokenizer(out: Path, source: Path) -> None:
@@ -198,7 +222,9 @@ def save_smollm2_tokenizer(out: Path, source: Path) -> None:
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         unk_token="<|endoftext|>",
-        additional_special_tokens=[t for t in control if t not in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")],
+        additional_special_tokens=[
+            t for t in control if t not in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+        ],
     )
     fast.save_pretrained(str(out))
     config_file = out / "tokenizer_config.json"
@@ -230,14 +256,25 @@ def save_sentencepiece_tokenizer(out: Path, text: Sequence[str]) -> None:
     (out / "tokenizer.model").write_bytes(buffer.getvalue())
 
 
-def save_checkpoint(arch: Arch, out: Path, *, tokenizer_dir: Path, corpus: Sequence[str]) -> Any:
-    """Save ``arch``'s tiny model and a tokenizer the converter accepts into ``out``; return the model."""
+def _vocabulary_text(tokenizer_dir: Path) -> list[str]:
+    """The BPE vocabulary's tokens as plain text, 16 to a line: a fixed corpus for SentencePiece."""
+    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    words = [token.replace("Ġ", " ").replace("Ċ", "\n") for token in sorted(vocab, key=vocab.get)]
+    return ["".join(words[i : i + 16]) for i in range(0, len(words), 16)]
+
+
+def save_checkpoint(arch: Arch, out: Path, *, tokenizer_dir: Path) -> Any:
+    """Save ``arch``'s tiny model and a tokenizer the converter accepts into ``out``; return the model.
+
+    ``tokenizer_dir`` holds the BPE tokenizer (``save_smollm2_tokenizer``); a SentencePiece model is
+    trained on its vocabulary where the converter needs one.
+    """
     import shutil
 
     model = tiny_model(arch)
     model.save_pretrained(str(out))
     if arch.sentencepiece:
-        save_sentencepiece_tokenizer(out, corpus)
+        save_sentencepiece_tokenizer(out, _vocabulary_text(tokenizer_dir))
     else:
         for file in tokenizer_dir.iterdir():
             shutil.copy(file, out / file.name)
@@ -260,7 +297,9 @@ def convert(jobs: Sequence[Job], *, timeout: float = 300) -> None:
     Raises:
         RuntimeError: the converter failed; the message holds the end of its output.
     """
-    spec = [{**dataclasses.asdict(job), "checkpoint": str(job.checkpoint), "out": str(job.out)} for job in jobs]
+    spec = [
+        {**dataclasses.asdict(job), "checkpoint": str(job.checkpoint), "out": str(job.out)} for job in jobs
+    ]
     result = subprocess.run(
         [sys.executable, "-m", "tests.integration.llamacpp_files", str(converter_path()), json.dumps(spec)],
         capture_output=True,
@@ -271,20 +310,6 @@ def convert(jobs: Sequence[Job], *, timeout: float = 300) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(f"llama.cpp's converter failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-
-
-def quantize(source: Path, out: Path, file_type: str, *, threads: int = 2) -> None:
-    """Quantize a GGUF file with llama.cpp's quantizer (``llama-quantize``), e.g. to ``"Q4_K_M"``."""
-    import ctypes
-
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type}")
-    params.nthread = threads
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
-    if status != 0:
-        raise RuntimeError(f"llama.cpp could not quantize {source} to {file_type} (status {status})")
 
 
 def _run_converter(converter: Path, jobs: list[dict[str, str]]) -> None:

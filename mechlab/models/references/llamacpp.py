@@ -36,7 +36,8 @@ MIN_TOP1 = 0.9
 # llama.cpp's names (``name-LAYER``) for the intermediate tensors matched with mechlab's hook points,
 # by hook kind, the first found taken: the attention output (after the output projection, and after
 # the post-attention norm where the architecture has one, as Gemma's do), the residual stream entering
-# the MLP, the MLP output (after a post-MLP norm likewise), and the block output.
+# the MLP, the MLP output (after a post-MLP norm likewise), and the block output. Kinds a graph does
+# not name are derived from the residual stream (``_complete``).
 LAYER_TENSORS: dict[str, tuple[str, ...]] = {
     "attn_out": ("attn_post_norm", "attn_out"),
     "resid_mid": ("sa_out", "ffn_inp"),
@@ -165,7 +166,27 @@ class LlamaCpp:
                 f"llama.cpp computed none of the tensors mechlab compares ({', '.join(_KIND_OF)} with a "
                 "layer number) for this architecture; compare logits only (drop --layers)."
             )
-        return {key: tensor for key, (_, tensor) in found.items()}
+        return _complete({key: tensor for key, (_, tensor) in found.items()})
+
+
+def _complete(tensors: dict[tuple[str, int], np.ndarray]) -> dict[tuple[str, int], np.ndarray]:
+    """The hook kinds a graph leaves unnamed, from the residual stream it names.
+
+    A block's MLP output is what it adds to the residual stream, ``l_out - ffn_inp``: exact, after a
+    post-MLP norm too (Gemma 2's graph names that norm without a layer, so ``ffn_out`` there is the
+    pre-norm tensor). Where the graph names no attention output (Qwen2, Qwen3, GPT-2), it is what the
+    block adds before the MLP, ``ffn_inp - l_out`` of the previous block (from layer 1 on).
+    """
+    out = dict(tensors)
+    for kind, layer in tensors:
+        mid, post = tensors.get(("resid_mid", layer)), tensors.get(("resid_post", layer))
+        if kind == "resid_post" and mid is not None and post is not None and mid.shape == post.shape:
+            out["mlp_out", layer] = post - mid
+        before = tensors.get(("resid_post", layer - 1))
+        if kind == "resid_mid" and ("attn_out", layer) not in tensors and before is not None:
+            if mid is not None and before.shape == mid.shape:
+                out["attn_out", layer] = mid - before
+    return out
 
 
 def quantize(source: Path, target: Path, kind: str, *, threads: int | None = None) -> Path:

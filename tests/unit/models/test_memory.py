@@ -94,7 +94,8 @@ def test_load_model_refuses_a_mode_that_does_not_fit_and_names_those_that_do(mon
     monkeypatch.setattr(memory, "converted_copies", lambda path: frozenset({"float32", "bfloat16"}))
     with pytest.raises(
         mechlab.MemoryPlanError,
-        match=r"as float32 on cpu needs about 1\.0 GB \(a forward pass\), but 0\.9 GB.*Modes that fit: bfloat16 ",
+        match=r"as float32 on cpu needs about 1\.0 GB \(a forward pass\), but 0\.9 GB"
+        r".*Modes that fit: bfloat16 ",
     ):
         mechlab.load_model("smollm2")
     monkeypatch.setattr(memory, "available_bytes", lambda device: int(0.5 * GB))

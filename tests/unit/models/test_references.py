@@ -39,3 +39,16 @@ def test_per_layer_relative_errors_and_where_they_first_exceed_the_tolerance() -
     assert [round(row.errors["resid_post"] or 0, 6) for row in rows] == [0.01, 0.02, 0.2, 0.01]
     assert rows[0].errors["attn_out"] is None and rows[0].errors["mlp_out"] is None
     assert [row.diverges for row in rows] == [False, False, True, False]
+
+
+def test_unnamed_kinds_are_read_off_the_residual_stream() -> None:
+    """Gemma 2 names its post-MLP norm without a layer, Qwen2 names no attention output: the MLP
+    output is l_out - ffn_inp, the attention output ffn_inp minus the previous block's l_out."""
+    rng = np.random.default_rng(0)
+    pre, mid, post = (rng.normal(size=(3, 4)) for _ in range(3))
+    named = {("resid_post", 0): pre, ("resid_mid", 1): mid, ("resid_post", 1): post}
+    named["mlp_out", 1] = rng.normal(size=(3, 4))  # a pre-norm ffn_out, not what the block adds
+    completed = llamacpp._complete(named)
+    np.testing.assert_array_equal(completed["mlp_out", 1], post - mid)
+    np.testing.assert_array_equal(completed["attn_out", 1], mid - pre)
+    assert ("attn_out", 0) not in completed  # no block before layer 0
