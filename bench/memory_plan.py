@@ -1,10 +1,10 @@
 """Benchmark: the memory plan against the memory really used, side by side.
 
-For each model and mode, a fresh process loads the model from the converted cache (converting it
-first when needed, in a process of its own) and runs a 32-token forward pass, Integrated Gradients at
-the default settings and an all-heads attribution-patching sweep, one step per process; the OS's
-peak resident set size of each (``ru_maxrss``) is printed next to ``mechlab.plan_memory``'s estimate
-and their ratio.
+For each model and mode, a fresh process loads the model from its converted copy in that mode (the
+copies are written beforehand, in this process) and runs a 32-token forward pass, Integrated
+Gradients at the default settings, or an all-heads attribution-patching sweep — one step per process;
+the OS's peak resident set size of each (``ru_maxrss``) is printed next to ``mechlab.plan_memory``'s
+estimate and their ratio.
 
 Run: ``.venv/bin/python bench/memory_plan.py [--models smollm2 gemma3-270m] [--modes float32 bfloat16]``.
 """
@@ -20,9 +20,8 @@ source, mode, step = sys.argv[1:4]
 loaded = mechlab.load_model(source, dtype=getattr(torch, mode), check_memory=False)
 model = loaded.model
 tokens = torch.randint(100, 1000, (1, 32), generator=torch.Generator().manual_seed(0))
-if step != "load":
-    with torch.no_grad():
-        model(tokens)
+with torch.no_grad():
+    model(tokens)
 if step == "ig":
     mechlab.integrated_gradients(model, tokens, mechlab.make_target(model, int(tokens[0, -1])))
 if step == "atp":
@@ -44,11 +43,14 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["float32", "bfloat16"])
     args = parser.parse_args()
 
+    import torch
+
     import mechlab
 
     print(f"{'model':<14}{'mode':<10}{'step':<9}{'estimate MB':>12}{'measured MB':>13}{'ratio':>7}")
     for source in args.models:
-        mechlab.load_model(source, check_memory=False)  # converted once, outside the measured runs
+        for mode in args.modes:  # every copy written outside the measured runs
+            mechlab.load_model(source, dtype=getattr(torch, mode), check_memory=False)
         plan = mechlab.plan_memory(source)
         for mode in args.modes:
             estimates = plan[mode]

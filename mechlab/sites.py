@@ -98,9 +98,10 @@ class Site:
     """One hookable place: ``kind`` at ``layer``, optionally one ``head`` and one position ``pos``.
 
     Args:
-        kind: one of ``KINDS``.
+        kind: one of ``KINDS``, or a registered extension kind (``mechlab.site_kinds``).
         layer: block index for layer kinds; ``None`` for global kinds (``embed``, ``ln_final``…).
-        head: a head index for per-head kinds (``z q k v pattern attn_scores``), else ``None``.
+        head: a head index for per-head kinds (``z q k v pattern attn_scores``), a unit index for
+            extension kinds (``Site("dict", 5, 123)``: unit 123), else ``None``.
         pos: a position (query position for ``pattern``/``attn_scores``), or ``None`` for all.
     """
 

@@ -1,4 +1,5 @@
-"""``mechlab info``, ``generate`` and ``verify``: what the model is, what it says, whether it is faithful."""
+"""``mechlab info``, ``generate``, ``verify`` and ``compare``: what the model is, what it says, whether it
+is faithful, and what a quantization changed."""
 
 import argparse
 import json
@@ -188,7 +189,7 @@ HANDLERS: dict[str, Handler] = {
 
 
 def add_parsers(add: Add) -> None:
-    """Add ``info``, ``generate`` and ``verify``."""
+    """Add ``info``, ``generate``, ``verify`` and ``compare``."""
     p = add("info", "Show what a model is: architecture, quantization, shape, hash, cache location.")
     p.add_argument("--json", action="store_true", help="print the ModelInfo record (or the plan) as JSON")
     p.add_argument(

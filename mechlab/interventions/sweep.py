@@ -38,7 +38,7 @@ class Sweep:
     """Every site of ``kind``, one variant each, on a ``layer [× head] [× pos]`` grid.
 
     Args:
-        kind: a patchable site kind (``PATCHABLE_KINDS``).
+        kind: a patchable site kind (``PATCHABLE_KINDS``), or an extension kind viewing one.
         layers: the layers to sweep (default ``None``: all; any sequence, e.g. ``range(20)``).
         heads: the heads to sweep for per-head kinds (default all; key/value heads for ``k``/``v``).
         per_position: one variant per position (query position for ``pattern``) instead of all

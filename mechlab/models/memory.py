@@ -10,7 +10,7 @@ with the memory available (RAM; a GPU's free memory for the model itself when ``
 refuses one that does not fit, naming the modes that would.
 
 The estimates are a model with constants measured on SmolLM2 (135M parameters, float32: peak RSS
-1,030 MB after a 32-token forward, 2,148 MB during IG, 1,083 MB during AtP, 1,247 MB converting)
+1,029 MB after a 32-token forward, 2,148 MB during IG, 1,083 MB during AtP, 1,247 MB converting)
 and Gemma 3 270M (1,965, 3,489, 2,033 and 3,331 MB); ``bench/memory_plan.py`` prints estimate and
 measurement side by side.
 
@@ -20,7 +20,6 @@ converted copies are written once from the float32 one, ``mechlab.models.precisi
 
 import dataclasses
 import os
-import resource
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,8 @@ MODES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 MB = 1024**2
-# Python, torch, transformers and TransformerLens imported (measured: 352 MB with nothing loaded).
+# Python, torch, transformers and TransformerLens imported (fitted; 352 MB measured with nothing loaded
+# includes allocations the tokenizer term counts).
 BASELINE = 290 * MB
 # The tokenizer, per vocabulary entry (Gemma 3's 262,144 entries hold ~300 MB).
 TOKENIZER_PER_TOKEN = 1200
@@ -66,7 +66,7 @@ class Shape:
 
 @dataclasses.dataclass(frozen=True)
 class ModePlan:
-    """Peak bytes of each step in one loading mode; ``memory`` is where the model lives."""
+    """Peak bytes of each step in one loading mode, and the bytes ``available`` to compare them with."""
 
     mode: str
     weights: int
@@ -186,14 +186,19 @@ def available_bytes(device: str | torch.device = "cpu") -> int:
     GPU, its free memory."""
     device = torch.device(device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"{device}: this machine has no CUDA device (or torch was built without CUDA). Use cpu."
+            )
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    held = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     try:
+        with open("/proc/self/statm") as statm:
+            held = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident pages now
         with open("/proc/meminfo") as meminfo:
             fields = dict(line.split(":", 1) for line in meminfo)
         return int(fields["MemAvailable"].split()[0]) * 1024 + held
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, IndexError):
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
@@ -284,10 +289,10 @@ def converted_copies(path: Path) -> frozenset[str]:
     """The modes whose converted copy of this GGUF file is in the cache (its hash is remembered)."""
     from mechlab.models import precision
     from mechlab.models.cache import converted_dir, file_sha256
-    from mechlab.models.gguf import HEADER_FILE
+    from mechlab.models.gguf import CONVERSION_VERSION, HEADER_FILE, load_header
 
     converted = converted_dir(file_sha256(path))
-    if not (converted / HEADER_FILE).is_file():
+    if not (converted / HEADER_FILE).is_file() or load_header(converted).conversion != CONVERSION_VERSION:
         return frozenset()
     half = {name for dtype, name in precision.NAMES.items() if precision.has_copy(converted, dtype)}
     return frozenset({"float32", *half})

@@ -45,9 +45,17 @@ def _sibling(converted: Path, dtype: torch.dtype) -> Path:
 
 
 def has_copy(converted: Path, dtype: torch.dtype) -> bool:
-    """Whether the ``dtype`` copy of this converted copy has been written."""
+    """Whether the ``dtype`` copy of this converted copy has been written, from this conversion (its
+    header file is the float32 copy's: a file converted again gets a new half-precision copy)."""
+    from mechlab.models.gguf import HEADER_FILE
+
     target = _sibling(converted, dtype)
-    return (target / "config.json").is_file() and (target / INDEX).is_file()
+    if not ((target / "config.json").is_file() and (target / INDEX).is_file()):
+        return False
+    try:
+        return (target / HEADER_FILE).read_bytes() == (converted / HEADER_FILE).read_bytes()
+    except OSError:
+        return False
 
 
 def copy_in(converted: Path, dtype: torch.dtype) -> Path:
@@ -59,6 +67,7 @@ def copy_in(converted: Path, dtype: torch.dtype) -> Path:
     target = _sibling(converted, dtype)
     if has_copy(converted, dtype):
         return target
+    shutil.rmtree(target, ignore_errors=True)  # a copy of an earlier conversion
     from safetensors import safe_open
     from safetensors.torch import save_file
 

@@ -260,6 +260,8 @@ def _changes(a: DetectorReport | None, b: DetectorReport | None) -> tuple[Verdic
         return ()
     changes = []
     for name, result in a.results.items():
+        if name not in b.results:  # the detector failed on one model: nothing to compare
+            continue
         other = {row.label: row for row in b.results[name].rows()}
         for row in result.rows():
             theirs = other[row.label]

@@ -40,7 +40,8 @@ def test_agrees_with_transformers(gemma3: mechlab.LoadedModel) -> None:
 @pytest.mark.llamacpp
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
 def test_agrees_with_llama_cpp_layer_by_layer(gemma3: mechlab.LoadedModel) -> None:
-    """REFERENCES.md: mean KL ≈ 0.008 nats, top-1 100% (llama.cpp's activation-quantization floor).
+    """../shared/REFERENCES.md: mean KL ≈ 0.008 nats, top-1 100% on six prompts (llama.cpp's
+    activation-quantization floor); on verify's four prompts 5.3e-3.
     Gemma's post-norms: llama.cpp's attn_post_norm / ffn_post_norm are the hooks' attn_out / mlp_out."""
     report = mechlab.verify(loaded=gemma3, reference="llamacpp", layers=True, max_new_tokens=2)
     assert report.passed and report.mean_kl < 0.01 and report.top1_agreement == 1.0, report.summary()
@@ -73,8 +74,6 @@ def test_explain_writes_a_report(gemma3: mechlab.LoadedModel, tmp_path: Path) ->
     with torch.no_grad():
         logits = gemma3.model(explanation.context)[0, -1]
     difference = float(logits[explanation.chosen] - logits[explanation.contrast])
-    dla = explanation.dla
-    assert dla.value == pytest.approx(difference, rel=1e-3, abs=1e-3)
-    assert dla.total + dla.remainder == pytest.approx(dla.value, rel=1e-3, abs=1e-3)
-    page = explanation.save(tmp_path / "report.html")
-    assert "Gemma" in page.read_text() or "gemma" in page.read_text()
+    assert explanation.dla.value == pytest.approx(difference, rel=1e-3, abs=1e-3)
+    text = explanation.save(tmp_path / "report.html").read_text()
+    assert "Eiffel" in text and "Paris" in text and "gemma-3-270m-q4_k_m.gguf" in text

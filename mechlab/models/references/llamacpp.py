@@ -36,8 +36,9 @@ MIN_TOP1 = 0.9
 # llama.cpp's names (``name-LAYER``) for the intermediate tensors matched with mechlab's hook points,
 # by hook kind, the first found taken: the attention output (after the output projection, and after
 # the post-attention norm where the architecture has one, as Gemma's do), the residual stream entering
-# the MLP, the MLP output (after a post-MLP norm likewise), and the block output. Kinds a graph does
-# not name are derived from the residual stream (``_complete``).
+# the MLP, the MLP output (after a post-MLP norm likewise), and the block output. ``_complete`` then
+# takes the MLP output from the residual stream wherever both sides of the block are named (exact, and
+# right where a graph names the post-MLP norm without a layer), and an unnamed attention output likewise.
 LAYER_TENSORS: dict[str, tuple[str, ...]] = {
     "attn_out": ("attn_post_norm", "attn_out"),
     "resid_mid": ("sa_out", "ffn_inp"),
@@ -160,7 +161,10 @@ class LlamaCpp:
             llama_cpp.llama_batch_free(batch)
             llama_cpp.llama_free(ctx)
         if failures:
-            raise RuntimeError("Reading llama.cpp's intermediate tensors failed.") from failures[0]
+            raise InputError(
+                "Reading llama.cpp's intermediate tensors failed: "
+                f"{type(failures[0]).__name__}: {failures[0]}. Compare logits only (drop --layers)."
+            ) from failures[0]
         if not found:
             raise InputError(
                 f"llama.cpp computed none of the tensors mechlab compares ({', '.join(_KIND_OF)} with a "
@@ -170,7 +174,8 @@ class LlamaCpp:
 
 
 def _complete(tensors: dict[tuple[str, int], np.ndarray]) -> dict[tuple[str, int], np.ndarray]:
-    """The hook kinds a graph leaves unnamed, from the residual stream it names.
+    """The MLP output (always, where the residual stream around it is named) and an attention output
+    the graph leaves unnamed, from the residual stream.
 
     A block's MLP output is what it adds to the residual stream, ``l_out - ffn_inp``: exact, after a
     post-MLP norm too (Gemma 2's graph names that norm without a layer, so ``ffn_out`` there is the
@@ -213,13 +218,15 @@ def quantize(source: Path, target: Path, kind: str, *, threads: int | None = Non
     params.ftype, params.allow_requantize = ftype, True
     params.nthread = threads or os.cpu_count() or 1
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(handle)
+    partial = Path(name)
     paths = str(source).encode(), str(partial).encode()
     try:
         with _stderr_kept() as log:
             status = llama_cpp.llama_model_quantize(*paths, ctypes.byref(params))
         if status != 0:
-            raise InputError(f"llama.cpp could not quantize {source} to {kind}:\n{log.read()[-2000:]}")
+            raise InputError(f"llama.cpp could not quantize {source} to {kind}:\n{log[0][-2000:]}")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -227,26 +234,34 @@ def quantize(source: Path, target: Path, kind: str, *, threads: int | None = Non
 
 
 @contextmanager
-def _stderr_kept() -> Iterator[Any]:
+def _stderr_kept() -> Iterator[list[str]]:
     """Within the block, the process's stderr (where llama.cpp's quantizer writes a line per tensor)
-    goes to a temporary file, yielded for reading afterwards."""
+    goes to a temporary file; after it, the yielded list holds what was written."""
     sys.stderr.flush()
     saved = os.dup(2)
+    kept: list[str] = []
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
         os.dup2(log.fileno(), 2)
         try:
-            yield log
+            yield kept
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             log.seek(0)
+            kept.append(log.read())
 
 
 def _ggml() -> Any:
     """ggml's tensor accessors from the library llama-cpp-python ships."""
     import llama_cpp
 
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    found = sorted(Path(llama_cpp.__file__).parent.glob("lib/*ggml-base*"))
+    if not found:
+        raise InputError(
+            "llama-cpp-python ships no ggml library (lib/*ggml-base*) to read intermediate tensors "
+            "with; reinstall it (make install-llamacpp), or compare logits only (drop --layers)."
+        )
+    lib = ctypes.CDLL(str(found[0]))
     pointer, size = ctypes.c_void_p, ctypes.c_size_t
     for name, restype, argtypes in (
         ("ggml_get_name", ctypes.c_char_p, [pointer]),

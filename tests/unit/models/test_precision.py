@@ -14,7 +14,10 @@ from tests.tiny_llama import save_tiny_llama
 
 @pytest.fixture
 def converted(tmp_path):
-    return save_tiny_llama(tmp_path / "models" / "abc123", vocab_size=50, initializer_range=0.1)
+    """A converted copy as the GGUF source writes it: a Hugging Face directory and mechlab's header."""
+    directory = save_tiny_llama(tmp_path / "models" / "abc123", vocab_size=50, initializer_range=0.1)
+    (directory / "mechlab-gguf.json").write_text('{"conversion": 1}')
+    return directory
 
 
 def test_a_bfloat16_copy_matches_casting_the_float32_model(converted, monkeypatch) -> None:
@@ -42,3 +45,11 @@ def test_a_disk_too_small_is_refused_before_writing(converted, monkeypatch) -> N
         precision.copy_in(converted, torch.float16)
     assert not precision.has_copy(converted, torch.float16)
     assert [p.name for p in converted.parent.iterdir()] == ["abc123"]
+
+
+def test_a_copy_of_an_earlier_conversion_is_written_again(converted) -> None:
+    first = precision.copy_in(converted, torch.bfloat16)
+    (converted / "mechlab-gguf.json").write_text('{"conversion": 2}')  # the file was converted again
+    assert not precision.has_copy(converted, torch.bfloat16)
+    again = precision.copy_in(converted, torch.bfloat16)
+    assert again == first and (again / "mechlab-gguf.json").read_text() == '{"conversion": 2}'
