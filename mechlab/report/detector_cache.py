@@ -23,9 +23,12 @@ _DETECTOR_SOURCES = sorted((Path(__file__).resolve().parent.parent / "detectors"
 def _key(
     sha256: str, names: Sequence[str], n_samples: int, seed: int, registry: DetectorRegistry | None = None
 ) -> str:
-    """The cache key: model, settings, mechlab's detector code and each requested detector's own
-    source file (a third-party plugin's too), so an edited or upgraded detector is recomputed."""
-    digest = hashlib.sha256(json.dumps([sha256, list(names), n_samples, seed]).encode())
+    """The cache key: model, settings, the GGUF conversion's version, mechlab's detector code and each
+    requested detector's own source file (a third-party plugin's too), so an edited or upgraded
+    detector, or a corrected conversion, is recomputed."""
+    from mechlab.models.gguf import CONVERSION_VERSION
+
+    digest = hashlib.sha256(json.dumps([sha256, list(names), n_samples, seed, CONVERSION_VERSION]).encode())
     for path in _DETECTOR_SOURCES:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     registry = DetectorRegistry.from_entry_points() if registry is None else registry
