@@ -10,7 +10,9 @@ import mechlab
 from mechlab.cli import main
 from mechlab.models.bundled import bundled_gguf_path
 
+# Slow tier (make test-slow, which CI runs): two models, a re-quantization and detectors per test.
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.llamacpp,
     pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python"),
 ]

@@ -13,7 +13,8 @@ from mechlab.models.bundled import GEMMA3_270M
 from mechlab.report.settings import ExplainSettings
 
 EIFFEL = "The Eiffel Tower is located in the city of"
-pytestmark = pytest.mark.gemma3
+# Slow tier (make test-slow, which CI runs): a 262,144-token vocabulary makes every step heavy.
+pytestmark = [pytest.mark.gemma3, pytest.mark.slow]
 
 
 def test_loads_from_the_joined_chunks(gemma3: mechlab.LoadedModel) -> None:

@@ -70,6 +70,7 @@ def test_llama_cpp_needs_a_gguf_source() -> None:
         mechlab.verify("toy:tiny", reference="llamacpp")
 
 
+@pytest.mark.slow
 @pytest.mark.smollm2
 def test_smollm2_agrees_with_llama_cpp_layer_by_layer(smollm2, tmp_path: Path) -> None:
     report = mechlab.verify(
@@ -101,6 +102,7 @@ def test_a_disagreement_shows_the_layer_where_it_starts(smollm2) -> None:
     assert "the tensors first differ beyond 15% at layer 12" in report.summary()
 
 
+@pytest.mark.slow
 @pytest.mark.smollm2
 def test_the_cli_prints_the_layer_table_and_writes_the_page(tmp_path: Path, capsys) -> None:
     html = tmp_path / "verify.html"
