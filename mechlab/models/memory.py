@@ -249,27 +249,14 @@ def check_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:
     if mode is None:
         return
     try:
-        shape = read_shape(path)
+        plans = plan_file(path, device=device)
     except MechlabError:
         return  # no plan without the sizes; the loader says what is wrong with the file
-    room, gpu, copies = available_bytes(device), device.type == "cuda", converted_copies(path)
-    plans = {
-        name: plan_mode(
-            shape,
-            name,
-            prompt_len=DEFAULT_PROMPT_LEN,
-            ig_batch=DEFAULT_IG_BATCH,
-            available=room,
-            gpu=gpu,
-            copies=copies,
-        )
-        for name in MODES
-    }
     plan = plans[mode]
     if plan.loads:
         return
     step, needed = max((("loading", plan.load), ("a forward pass", plan.forward)), key=lambda item: item[1])
-    fitting = [name for name, other in plans.items() if other.loads]
+    fitting = [other.mode for other in plans.modes if other.loads]
     raise MemoryPlanError(
         MSG_MEMORY_PLAN.format(
             name=path.name,
@@ -277,7 +264,7 @@ def check_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:
             device=device,
             needed=needed / 1024**3,
             step=step,
-            available=room / 1024**3,
+            available=plans.available / 1024**3,
             fitting=f"Modes that fit: {', '.join(fitting)} (load_model(dtype=...)). "
             if fitting
             else "No mode fits. ",
@@ -326,22 +313,34 @@ def plan_memory(
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise InputError(f"Unknown loading mode(s) {', '.join(unknown)}; modes: {', '.join(MODES)}.")
-    path = Path(target)
+    return plan_file(
+        Path(target),
+        device=device,
+        prompt_len=prompt_len,
+        ig_batch=ig_batch,
+        modes=modes,
+        available=available,
+    )
+
+
+def plan_file(
+    path: Path,
+    *,
+    device: str | torch.device = "cpu",
+    prompt_len: int = DEFAULT_PROMPT_LEN,
+    ig_batch: int = DEFAULT_IG_BATCH,
+    modes: tuple[str, ...] = tuple(MODES),
+    available: int | None = None,
+) -> MemoryPlan:
+    """``plan_memory`` for a GGUF file already resolved to its path."""
     shape = read_shape(path)
     device = torch.device(device)
     room = available_bytes(device) if available is None else available
-    copies = converted_copies(path)
-    gpu = device.type == "cuda"
+    copies, gpu = converted_copies(path), device.type == "cuda"
     plans = tuple(
         plan_mode(
-            shape,
-            mode,
-            prompt_len=prompt_len,
-            ig_batch=ig_batch,
-            available=room,
-            gpu=gpu,
-            copies=copies,
+            shape, mode, prompt_len=prompt_len, ig_batch=ig_batch, available=room, gpu=gpu, copies=copies
         )
         for mode in modes
     )
-    return MemoryPlan(str(target), str(device), prompt_len, shape, room, plans)
+    return MemoryPlan(str(path), str(device), prompt_len, shape, room, plans)
