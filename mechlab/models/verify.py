@@ -178,6 +178,16 @@ class VerifyReport:
         return data
 
 
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``‖ours − reference‖ / ‖reference‖`` at each position (over the last axis)."""
+    return (ours - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-30)
+
+
+def kl_divergence(reference: torch.Tensor, ours: torch.Tensor) -> torch.Tensor:
+    """KL(reference ‖ ours) at each position, from log-probabilities over the last axis."""
+    return (reference.exp() * (reference - ours)).sum(-1)
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.2%}"
 
@@ -206,7 +216,7 @@ class _Tally:
                         f"{tuple(ours[key].shape)}: they cannot be compared. Compare logits only "
                         "(drop --layers)."
                     )
-                per_position = (ours[key] - ref_t).norm(dim=-1) / ref_t.norm(dim=-1).clamp_min(1e-30)
+                per_position = relative_error(ours[key], ref_t)
                 sums = self.layer_sums.setdefault(key, [0.0, 0.0])
                 sums[0] += float(per_position.sum())
                 sums[1] += per_position.numel()
@@ -224,7 +234,7 @@ class _Tally:
 
     def add(self, ours: torch.Tensor, ref: torch.Tensor) -> None:
         self.dlogprob.append((ours - ref).abs().amax().item())
-        self.kls.append((ref.exp() * (ref - ours)).sum(-1))
+        self.kls.append(kl_divergence(ref, ours))
         self.top1.append((ours.argmax(-1) == ref.argmax(-1)).float())
 
     def report(

@@ -32,7 +32,7 @@ from mechlab.files import sha256_of
 from mechlab.models.cache import cache_dir
 from mechlab.models.load import LoadedModel
 from mechlab.models.references import llamacpp
-from mechlab.models.verify import DEFAULT_PROMPTS
+from mechlab.models.verify import DEFAULT_PROMPTS, kl_divergence, relative_error
 from mechlab.render.figures import heatmap, lines
 from mechlab.render.page import Page
 
@@ -175,11 +175,6 @@ def _check_same_model(a: LoadedModel, b: LoadedModel) -> None:
         )
 
 
-def _relative(ours: Tensor, reference: Tensor) -> float:
-    per_position = (ours - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-30)
-    return float(per_position.mean())
-
-
 @torch.no_grad()
 def compare_models(
     a: LoadedModel,
@@ -215,13 +210,15 @@ def compare_models(
         assert acts_a.logits is not None and acts_b.logits is not None
         logp_a = torch.log_softmax(acts_a.logits[0].double().cpu(), -1)
         logp_b = torch.log_softmax(acts_b.logits[0].double().cpu(), -1)
-        kls.append((logp_a.exp() * (logp_a - logp_b)).sum(-1))
+        kls.append(kl_divergence(logp_a, logp_b))
         top1.append((logp_a.argmax(-1) == logp_b.argmax(-1)).double())
         for layer in range(n_layers):
             for kind in KINDS:
                 site = f"{kind}.{layer}"
                 errors[kind][layer].append(
-                    _relative(acts_b[site][0].double().cpu(), acts_a[site][0].double().cpu())
+                    float(
+                        relative_error(acts_b[site][0].double().cpu(), acts_a[site][0].double().cpu()).mean()
+                    )
                 )
             pa, pb = (
                 acts_a[f"pattern.{layer}"][0].double().cpu(),
