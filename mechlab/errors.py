@@ -198,6 +198,19 @@ MSG_MEMORY_PLAN = (
     "is available. {fitting}See the whole plan with `mechlab info SOURCE --plan` "
     "(mechlab.plan_memory), or pass check_memory=False to try anyway."
 )
+MSG_QUANTIZED_ARCH = (
+    "{path} is a {arch} model; quantized mode loads {supported} (architectures whose matrices "
+    "transformers only permutes when converting). Load it with weights='bfloat16' or 'float32' instead."
+)
+MSG_QUANTIZED_SOURCE = (
+    "weights='quantized' keeps a GGUF file's blocks; {source!r} is a {scheme} source, which has none. "
+    "Pass a .gguf file, ollama:NAME or a bundled model, or load it with weights='float32' or 'bfloat16'."
+)
+MSG_WEIGHTS_MODE = "Unknown weights mode {weights!r}: expected one of {modes}."
+MSG_QUANTIZED_NEEDS_DIFFUSERS = (
+    "Quantized mode dequantizes GGUF blocks with diffusers' torch kernels, which are not installed "
+    "({error}). Install them with `pip install 'mechlab[quantized]'`, or load with weights='bfloat16'."
+)
 
 
 class CaptureStoreError(MechlabError, ValueError):

@@ -46,6 +46,7 @@ Examples:
   mechlab generate smollm2 --chat "Name three colours."
   mechlab verify smollm2
   mechlab verify smollm2 --reference llamacpp --layers
+  mechlab explain model-8b-Q4_K_M.gguf "The nurse was tired because" --weights quantized
   mechlab compare smollm2 --requantize Q2_K --html compare.html
   mechlab patch smollm2 --clean "When Mary and John went to the store, John gave a drink to" \
       --corrupted "When Mary and John went to the store, Tom gave a drink to" --answer " Mary" --wrong " John"
@@ -81,10 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("source", metavar="SOURCE", help="model source (see below), e.g. smollm2")
         p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
         p.add_argument(
+            "--weights",
             "--dtype",
+            dest="weights",
             default="float32",
-            choices=["float32", "bfloat16", "float16"],
-            help="parameter dtype (float32 matches the original most closely)",
+            choices=["float32", "bfloat16", "float16", "quantized"],
+            help="loading mode: the parameters' dtype (float32 matches the original most closely), or "
+            "quantized: a GGUF file's matrices stay in their blocks (about the file's size in memory); "
+            "`mechlab info SOURCE --plan` shows what each needs",
         )
         p.add_argument("--force", action="store_true", help="replace output files even if read-only")
         p.set_defaults(handler=HANDLERS[name])

@@ -13,7 +13,7 @@ import mechlab
 
 # A command: the parsed arguments and the console in, the exit status out.
 Handler = Callable[[argparse.Namespace, Console], int]
-# ``add(name, help)``: a sub-command parser with SOURCE, --device and --dtype (``mechlab.cli``).
+# ``add(name, help)``: a sub-command parser with SOURCE, --device and --weights (``mechlab.cli``).
 Add = Callable[[str, str], argparse.ArgumentParser]
 
 
@@ -25,11 +25,8 @@ def progress(console: Console, what: str) -> Iterator[Callable[[str], None]]:
 
 
 def load(args: argparse.Namespace, console: Console) -> "mechlab.LoadedModel":
-    import torch
-
-    dtype = getattr(torch, args.dtype)
     with progress(console, f"Loading {args.source}") as status:
-        loaded = mechlab.load_model(args.source, device=args.device, dtype=dtype, status=status)
+        loaded = mechlab.load_model(args.source, device=args.device, weights=args.weights, status=status)
     cached = " (converted copy from cache)" if loaded.info.from_cache else ""
     console.print(f"Loaded {escape(args.source)} in {loaded.info.load_seconds:.1f} s{cached}")
     return loaded

@@ -237,10 +237,13 @@ def transformer_lens_version() -> str:
         return "4.x"
 
 
-def convert(path: Path, header: GGUFHeader, out: Path, *, status: Callable[[str], None]) -> None:
+def convert(
+    path: Path, header: GGUFHeader, out: Path, *, status: Callable[[str], None], weights: bool = True
+) -> None:
     """Convert a GGUF file into a Hugging Face directory at ``out`` (float32 safetensors).
 
-    ``status`` receives a short message before each phase, for progress display.
+    ``weights=False`` writes the config and tokenizer only (quantized mode reads the weights from the
+    GGUF file itself). ``status`` receives a short message before each phase, for progress display.
     """
     from transformers import AutoTokenizer
 
@@ -248,27 +251,44 @@ def convert(path: Path, header: GGUFHeader, out: Path, *, status: Callable[[str]
         with quiet_transformers(status):
             status("reading tokenizer and chat template from GGUF metadata")
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            status(f"dequantizing {header.n_tensors} tensors ({_summary(header.quantization)})")
-            model = load_causal_lm(path, header)
+            if weights:
+                status(f"dequantizing {header.n_tensors} tensors ({_summary(header.quantization)})")
+                model = load_causal_lm(path, header)
+            else:
+                config = load_config(path, header)
     except (ValueError, OSError, KeyError, NotImplementedError, RuntimeError) as error:
         raise CorruptModelError(
             f"transformers could not convert {path} ({header.architecture}): {error}"
         ) from error
-    strip_quantization(model)
-    status("writing safetensors copy to the cache")
     with quiet_transformers():
-        model.save_pretrained(str(out))
+        if weights:
+            strip_quantization(model)
+            status("writing safetensors copy to the cache")
+            model.save_pretrained(str(out))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            if hasattr(config, "quantization_config"):  # the weights stay GGUF blocks, read by mechlab
+                del config.quantization_config
+            config.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
     (out / HEADER_FILE).write_text(json.dumps(dataclasses.asdict(header), indent=2))
 
 
-def load_causal_lm(path: Path, header: GGUFHeader) -> Any:
-    """transformers' GGUF loader (float32), its config completed with ``header.config``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_config(path: Path, header: GGUFHeader) -> Any:
+    """transformers' config of a GGUF file, completed with ``header.config`` (what llama.cpp reads)."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     for name, value in header.config.items():
         setattr(config, name, value)
+    return config
+
+
+def load_causal_lm(path: Path, header: GGUFHeader) -> Any:
+    """transformers' GGUF loader (float32), its config completed with ``header.config``."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(path, header)
     return AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, config=config, dtype=torch.float32
     )
@@ -283,16 +303,21 @@ def strip_quantization(model: Any) -> None:
     model.quantization_method = None
 
 
-def ensure_converted(path: Path, *, status: Callable[[str], None]) -> tuple[Path, GGUFHeader, str, bool]:
+def ensure_converted(
+    path: Path, *, status: Callable[[str], None], weights: bool = True
+) -> tuple[Path, GGUFHeader, str, bool]:
     """Return ``(converted_dir, header, sha256, was_cached)``, converting the file if needed.
 
-    A cache hit costs a magic-byte check and a (remembered) hash; the full header parse, which
-    reads the whole vocabulary, only happens before a conversion.
+    ``weights=False``: the directory ``<converted_dir>-quantized`` with the config and tokenizer only
+    (quantized mode). A cache hit costs a magic-byte check and a (remembered) hash; the full header
+    parse, which reads the whole vocabulary, only happens before a conversion.
     """
     _check_magic(path)
     status("hashing the GGUF file")
     sha = file_sha256(path)
     target = converted_dir(sha)
+    if not weights:
+        target = target.with_name(f"{target.name}-quantized")
     if (target / HEADER_FILE).is_file():
         cached = load_header(target)
         if cached.conversion == CONVERSION_VERSION:
@@ -300,8 +325,12 @@ def ensure_converted(path: Path, *, status: Callable[[str], None]) -> tuple[Path
         discard_converted(target)  # converted by an older mechlab: convert again
     header = read_header(path)
     check_supported(header)
+    if not weights:
+        from mechlab.models.quantized import check_architecture
+
+        check_architecture(header.architecture, path)
     with atomic_dir_sibling(target) as tmp:
-        convert(path, header, tmp, status=status)
+        convert(path, header, tmp, status=status, weights=weights)
     return target, header, sha, False
 
 

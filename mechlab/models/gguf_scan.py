@@ -147,11 +147,13 @@ class Length(int):
 
 @dataclasses.dataclass(frozen=True)
 class Tensor:
-    """One tensor-info entry: name, shape (GGUF order: fastest-varying first) and ggml type."""
+    """One tensor-info entry: name, shape (GGUF order: fastest-varying first), ggml type, and the offset
+    of its data from the start of the data section."""
 
     name: str
     shape: tuple[int, ...]
     ggml_type: int
+    offset: int = 0
 
     @property
     def n_elements(self) -> int:
@@ -165,6 +167,12 @@ class Header:
     metadata: dict[str, Any]
     tensors: tuple[Tensor, ...]
     end: int
+
+    @property
+    def data_start(self) -> int:
+        """Where the tensor data begins: ``end`` rounded up to ``general.alignment`` (default 32)."""
+        alignment = int(self.metadata.get("general.alignment", 32) or 32)
+        return -(-self.end // alignment) * alignment
 
 
 def scan(path: Path) -> int:
@@ -222,8 +230,8 @@ def _walk(path: Path, *, keep: bool) -> Header:
             if keep:
                 shape = struct.unpack(f"<{dims}Q", cursor.read(8 * dims, f"the shape of tensor #{i}"))
                 ggml_type = cursor.u32(f"the type of tensor #{i}")
-                cursor.skip(8, f"the offset of tensor #{i}")
-                tensors.append(Tensor(tensor_name, tuple(int(d) for d in shape), ggml_type))
+                offset = cursor.u64(f"the offset of tensor #{i}")
+                tensors.append(Tensor(tensor_name, tuple(int(d) for d in shape), ggml_type, offset))
             else:
                 cursor.skip(8 * dims + 4 + 8, f"the shape, type and offset of tensor #{i}")
         return Header(metadata, tuple(tensors), cursor.pos)

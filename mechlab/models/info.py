@@ -23,6 +23,8 @@ class ModelInfo:
         converted_cache: the directory of the converted safetensors copy, if one was used or made.
         from_cache: ``True`` when the converted copy already existed and conversion was skipped.
         load_seconds: wall time of ``load_model``.
+        weights: the loading mode: ``float32``, ``bfloat16``, ``float16`` (the parameters' dtype) or
+            ``quantized`` (a GGUF file's matrices kept in their blocks).
     """
 
     source: str
@@ -44,6 +46,7 @@ class ModelInfo:
     converted_cache: str | None = None
     from_cache: bool = False
     load_seconds: float = 0.0
+    weights: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

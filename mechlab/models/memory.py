@@ -14,8 +14,10 @@ The estimates are a model with constants measured on SmolLM2 (135M parameters, f
 and Gemma 3 270M (1,965, 3,489, 2,033 and 3,331 MB); ``bench/memory_plan.py`` prints estimate and
 measurement side by side.
 
-Modes: ``float32`` and the half-precision ``bfloat16`` / ``float16`` (``load_model(dtype=...)``; their
-converted copies are written once from the float32 one, ``mechlab.models.precision``).
+Modes (``load_model(weights=...)``): ``float32`` and the half-precision ``bfloat16`` / ``float16``
+(their converted copies are written once from the float32 one, ``mechlab.models.precision``), and
+``quantized``: the file's blocks stay mapped (about the file's size) and each matrix is dequantized in
+chunks of ``quantized.CHUNK_ELEMENTS`` weights as it is used, activations in float32.
 """
 
 import dataclasses
@@ -28,11 +30,15 @@ import torch
 from mechlab.errors import MSG_MEMORY_PLAN, InputError, MechlabError, MemoryPlanError
 from mechlab.models import gguf_scan
 
+# Each mode and the dtype of its activations.
 MODES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
+    "quantized": torch.float32,
 }
+# Quantized mode: the dequantized chunk and the temporaries of its dequantization (float32).
+CHUNK_TEMPORARIES = 3 * 4 * (1 << 24)
 MB = 1024**2
 # Python, torch, transformers and TransformerLens imported (fitted; 352 MB measured with nothing loaded
 # includes allocations the tokenizer term counts).
@@ -221,32 +227,36 @@ def plan_mode(
     """One mode's estimate (see the module docstring for the model and its constants); ``copies``
     are the modes whose converted copy is already in the cache."""
     itemsize = MODES[mode].itemsize
-    weights = shape.n_params * itemsize
+    quantized = mode == "quantized"
+    weights = shape.file_bytes if quantized else shape.n_params * itemsize
     if gpu:  # the device holds the weights and the activations; conversion happens in RAM
         load, host = weights, 0
     else:
         host = BASELINE + TOKENIZER_PER_TOKEN * shape.d_vocab
-        if mode in copies:  # read the copy in this mode
+        if quantized:  # the blocks are mapped, not read; the first load builds the tokenizer
+            load = host + (0 if mode in copies else CONVERT_PER_TOKEN * shape.d_vocab)
+        elif mode in copies:  # read the copy in this mode
             load = host + weights
         elif "float32" in copies:  # write the half-precision copy from the float32 one, streaming
             load = host + int(WRITE_FACTOR * 4 * shape.n_params)
         else:  # convert the GGUF file first
             load = host + int(CONVERT_FACTOR * 4 * shape.n_params) + CONVERT_PER_TOKEN * shape.d_vocab
     forward = host + int((1 + RUN_OVERHEAD) * weights) + 2 * prompt_len * shape.d_vocab * 4
+    if quantized:
+        forward += CHUNK_TEMPORARIES
     per_prompt = _activations_per_token_layer(shape, prompt_len, itemsize) * shape.n_layers * prompt_len
     ig = forward + ig_batch * per_prompt + ig_batch * prompt_len * shape.d_vocab * 4 * 2
     atp = forward + 2 * per_prompt
     return ModePlan(mode, weights, load, forward, ig, atp, available)
 
 
-def check_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:
-    """Refuse to load ``path`` as ``dtype`` on ``device`` when its load or forward pass does not fit.
+def check_fits(path: Path, mode: str, device: torch.device) -> None:
+    """Refuse to load ``path`` in ``mode`` on ``device`` when its load or forward pass does not fit.
 
     Raises:
         MemoryPlanError: naming the step that does not fit and the modes whose load and forward fit.
     """
-    mode = next((name for name, value in MODES.items() if value == dtype), None)
-    if mode is None:
+    if mode not in MODES:
         return
     try:
         plans = plan_file(path, device=device)
@@ -265,7 +275,7 @@ def check_fits(path: Path, dtype: torch.dtype, device: torch.device) -> None:
             needed=needed / 1024**3,
             step=step,
             available=plans.available / 1024**3,
-            fitting=f"Modes that fit: {', '.join(fitting)} (load_model(dtype=...)). "
+            fitting=f"Modes that fit: {', '.join(fitting)} (load_model(weights=...)). "
             if fitting
             else "No mode fits. ",
         )
@@ -278,11 +288,15 @@ def converted_copies(path: Path) -> frozenset[str]:
     from mechlab.models.cache import converted_dir, file_sha256
     from mechlab.models.gguf import CONVERSION_VERSION, HEADER_FILE, load_header
 
+    def current(directory: Path) -> bool:
+        return (directory / HEADER_FILE).is_file() and load_header(directory).conversion == CONVERSION_VERSION
+
     converted = converted_dir(file_sha256(path))
-    if not (converted / HEADER_FILE).is_file() or load_header(converted).conversion != CONVERSION_VERSION:
-        return frozenset()
+    quantized = {"quantized"} if current(converted.with_name(f"{converted.name}-quantized")) else set()
+    if not current(converted):
+        return frozenset(quantized)
     half = {name for dtype, name in precision.NAMES.items() if precision.has_copy(converted, dtype)}
-    return frozenset({"float32", *half})
+    return frozenset({"float32", *half, *quantized})
 
 
 def plan_memory(

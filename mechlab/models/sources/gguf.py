@@ -1,5 +1,6 @@
 """``PATH.gguf`` / ``gguf:PATH``: a GGUF file (llama.cpp, LM Studio, an Ollama blob), converted once."""
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +26,28 @@ class GGUFSource(Source):
 
 
 def load_gguf(
-    source: str, path: Path, *, device: Any, dtype: torch.dtype, say: Status
+    source: str, path: Path, *, device: Any, dtype: torch.dtype, say: Status, quantized: bool = False
 ) -> tuple[Any, ModelInfo]:
+    """Load a GGUF file from its converted copy in ``dtype``, or with ``quantized=True`` from the file's
+    own blocks (``mechlab.models.quantized``; ``dtype`` is then the activations' dtype)."""
     say(f"checking {path.name}")
-    converted, header, sha, was_cached = gguf.ensure_converted(path.expanduser(), status=say)
+    path = path.expanduser()
+    converted, header, sha, was_cached = gguf.ensure_converted(path, status=say, weights=not quantized)
     say("loading converted weights" if was_cached else "loading the new converted copy")
     try:
-        if dtype in precision.NAMES:
-            say(f"writing the {precision.NAMES[dtype]} copy (once)")
-        hf_model, tokenizer = hf.load_dir(precision.copy_in(converted, dtype), dtype=dtype)
+        if quantized:
+            say("mapping the file's quantized blocks")
+            hf_model, tokenizer = _load_quantized(path, converted, header)
+        else:
+            if dtype in precision.NAMES:
+                say(f"writing the {precision.NAMES[dtype]} copy (once)")
+            hf_model, tokenizer = hf.load_dir(precision.copy_in(converted, dtype), dtype=dtype)
     except Exception:
         if not was_cached:  # transformers cannot read the copy it just wrote: later loads must not reuse it
             gguf.discard_converted(converted)
         raise
-    model = wrap_hf_model(hf_model, tokenizer, device=device, dtype=dtype, prepend_bos=header.add_bos)
+    with _shapes_only(quantized):
+        model = wrap_hf_model(hf_model, tokenizer, device=device, dtype=dtype, prepend_bos=header.add_bos)
     info = info_from(
         model,
         source=source,
@@ -54,3 +63,23 @@ def load_gguf(
         from_cache=was_cached,
     )
     return model, info
+
+
+def _shapes_only(quantized: bool) -> Any:
+    if not quantized:
+        return contextlib.nullcontext()
+    from mechlab.models.quantized import shapes_only
+
+    return shapes_only()
+
+
+def _load_quantized(path: Path, described: Path, header: gguf.GGUFHeader) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mechlab.models import quantized
+    from mechlab.models.hf import quiet_transformers
+
+    with quiet_transformers():
+        config = AutoConfig.from_pretrained(str(described))
+        tokenizer = AutoTokenizer.from_pretrained(str(described))
+    return quantized.build(path, config, header.architecture), tokenizer

@@ -89,13 +89,13 @@ def test_the_estimate_is_within_ten_percent_of_what_was_measured(source: str) ->
 
 def test_load_model_refuses_a_mode_that_does_not_fit_and_names_those_that_do(monkeypatch) -> None:
     # SmolLM2 with its float32 and bfloat16 copies converted: a float32 forward pass needs ~0.95 GB,
-    # a bfloat16 one ~0.67 GB; float16 would first write its copy (~0.94 GB).
+    # a bfloat16 one ~0.67 GB, a quantized one ~0.65 GB; float16 would first write its copy (~0.94 GB).
     monkeypatch.setattr(memory, "available_bytes", lambda device: int(0.9 * GB))
     monkeypatch.setattr(memory, "converted_copies", lambda path: frozenset({"float32", "bfloat16"}))
     with pytest.raises(
         mechlab.MemoryPlanError,
         match=r"as float32 on cpu needs about 1\.0 GB \(a forward pass\), but 0\.9 GB"
-        r".*Modes that fit: bfloat16 ",
+        r".*Modes that fit: bfloat16, quantized \(load_model\(weights=\.\.\.\)\)",
     ):
         mechlab.load_model("smollm2")
     monkeypatch.setattr(memory, "available_bytes", lambda device: int(0.5 * GB))
