@@ -17,7 +17,7 @@ import sys
 STEP = """
 import json, resource, sys, torch, mechlab
 source, mode, step = sys.argv[1:4]
-loaded = mechlab.load_model(source, dtype=getattr(torch, mode), check_memory=False)
+loaded = mechlab.load_model(source, weights=mode, check_memory=False)
 model = loaded.model
 tokens = torch.randint(100, 1000, (1, 32), generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
@@ -43,14 +43,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["float32", "bfloat16"])
     args = parser.parse_args()
 
-    import torch
-
     import mechlab
 
     print(f"{'model':<14}{'mode':<10}{'step':<9}{'estimate MB':>12}{'measured MB':>13}{'ratio':>7}")
     for source in args.models:
         for mode in args.modes:  # every copy written outside the measured runs
-            mechlab.load_model(source, dtype=getattr(torch, mode), check_memory=False)
+            mechlab.load_model(source, weights=mode, check_memory=False)
         plan = mechlab.plan_memory(source)
         for mode in args.modes:
             estimates = plan[mode]

@@ -149,6 +149,21 @@ def check_targets(paths: dict[str, Path | None]) -> dict[str, Path]:
     return checked
 
 
+def check_disk(directory: Path, needed: int, what: str) -> None:
+    """Refuse to write ``needed`` bytes under ``directory`` when the disk does not have them.
+
+    Raises:
+        InputError: saying how much is needed, how much is free, and where.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise InputError(
+            f"Writing {what} needs {needed / 1024**3:.2f} GB in {directory}, which has "
+            f"{free / 1024**3:.2f} GB free. Free some space, or point MECHLAB_CACHE_DIR at a larger disk."
+        )
+
+
 def atomic_write(path: Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
 

@@ -56,6 +56,7 @@ from mechlab.attribution.path_integral import (
 from mechlab.attribution.quadrature import QUADRATURES, Quadrature
 from mechlab.attribution.result import Attribution
 from mechlab.errors import MSG_NO_PAD_TOKEN, MSG_ONE_TOKEN_KEPT, InputError
+from mechlab.models.quantized import exact_gradients
 from mechlab.sites import Site, validate
 from mechlab.targets import Target, TargetSpec, prompt_target, resolve_pos
 from mechlab.tokens import as_tokens, single_token, str_tokens, token_text
@@ -180,6 +181,7 @@ def _attribute(
     )
 
 
+@exact_gradients
 def integrated_gradients(
     model: HookedModel,
     tokens: str | Tensor,
@@ -223,6 +225,7 @@ def integrated_gradients(
     )
 
 
+@exact_gradients
 def gradient_x_input(
     model: HookedModel,
     tokens: str | Tensor,
@@ -267,6 +270,7 @@ def _site_baseline(
     return activation_at(model, toks, site, {Site("embed"): b_emb}), label
 
 
+@exact_gradients
 def layer_integrated_gradients(
     model: HookedModel,
     tokens: str | Tensor,

@@ -41,6 +41,7 @@ from mechlab.interventions.inputs import Ablation, Direction, TokensLike, pos_la
 from mechlab.interventions.result import PatchResult
 from mechlab.interventions.scoring import MetricLike, Scorer, scorer
 from mechlab.interventions.sweep import SitesLike, resolve, whole_sites
+from mechlab.models.quantized import exact_gradients
 from mechlab.render import html
 from mechlab.sites import Site
 from mechlab.types import HookedModel, Tokens
@@ -90,6 +91,7 @@ def run_pass(model: HookedModel, sites: Sequence[Site], score: Scorer, task: Pas
     return score.baseline(acts.logits), {s: acts[s] for s in sites}, {}
 
 
+@exact_gradients
 def attribution_patch(
     model: HookedModel,
     clean: TokensLike,

@@ -33,6 +33,7 @@ from mechlab.activations import capture
 from mechlab.hooks import differentiable, gradients
 from mechlab.interventions.inputs import Direction, TokensLike, check_direction, check_pair
 from mechlab.interventions.scoring import MetricLike, Scorer, scorer
+from mechlab.models.quantized import exact_gradients
 from mechlab.render import html
 from mechlab.sites import Site, n_heads_for
 from mechlab.types import HookedModel, Tokens
@@ -210,6 +211,7 @@ def _receiver_grads(
     return torch.stack(per_receiver)
 
 
+@exact_gradients
 def eap_ig(
     model: HookedModel,
     clean: TokensLike,

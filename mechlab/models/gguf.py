@@ -36,7 +36,7 @@ from mechlab.errors import (
     ModelNotFoundError,
     UnsupportedArchitectureError,
 )
-from mechlab.files import atomic_dir_sibling, kind
+from mechlab.files import atomic_dir_sibling, check_disk, kind
 from mechlab.models import gguf_config, gguf_scan
 from mechlab.models.cache import converted_dir, file_sha256
 from mechlab.models.hf import quiet_transformers
@@ -329,6 +329,9 @@ def ensure_converted(
         from mechlab.models.quantized import check_architecture
 
         check_architecture(header.architecture, path)
+    else:
+        n_params = sum(t.n_elements for t in gguf_scan.read(path).tensors)
+        check_disk(target.parent, 4 * n_params + 64 * 1024**2, f"the float32 copy of {path.name}")
     with atomic_dir_sibling(target) as tmp:
         convert(path, header, tmp, status=status, weights=weights)
     return target, header, sha, False

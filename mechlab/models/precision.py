@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mechlab.errors import InputError
-from mechlab.files import atomic_dir_sibling, atomic_write
+from mechlab.files import atomic_dir_sibling, atomic_write, check_disk
 
 SHARD_BYTES = 256 * 1024**2
 INDEX = "model.safetensors.index.json"
@@ -23,21 +22,6 @@ NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 def _weight_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.safetensors"))
-
-
-def check_disk(directory: Path, needed: int, what: str) -> None:
-    """Refuse to write ``needed`` bytes under ``directory`` when the disk does not have them.
-
-    Raises:
-        InputError: saying how much is needed, how much is free, and where.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(directory).free
-    if needed > free:
-        raise InputError(
-            f"Writing {what} needs {needed / 1024**3:.2f} GB in {directory}, which has "
-            f"{free / 1024**3:.2f} GB free. Free some space, or point MECHLAB_CACHE_DIR at a larger disk."
-        )
 
 
 def _sibling(converted: Path, dtype: torch.dtype) -> Path:

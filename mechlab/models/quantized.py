@@ -23,6 +23,7 @@ does nothing else to a matrix (``ARCHITECTURES``).
 """
 
 import contextlib
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 CHUNK_ELEMENTS = 1 << 24
 # While set, ``weight`` gives a meta tensor of the matrix's shape instead of dequantizing it.
 _SHAPES_ONLY = False
+# What multiplies by a quantized matrix: "llama.cpp" (its CPU kernel, where llama-cpp-python is
+# installed and the matrix is on CPU; torch otherwise) or "torch" (dequantized chunks, everywhere).
+KERNELS = ("llama.cpp", "torch")
+_KERNELS = "llama.cpp"
 _FLOAT_VIEWS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -105,6 +110,18 @@ class QuantizedMatrix(nn.Module):
         return int(self.blocks.shape[0])
 
     @property
+    def ggml_type(self) -> int:
+        return int(self.qtype)
+
+    def native(self) -> bool:
+        """Whether products with this matrix run on llama.cpp's kernel (see ``kernels``)."""
+        if _KERNELS != "llama.cpp" or self.qtype.name in _FLOAT_VIEWS:
+            return False
+        from mechlab.models import ggml_matmul
+
+        return ggml_matmul.usable(self.blocks)
+
+    @property
     def storage(self) -> str:
         return str(self.qtype.name)
 
@@ -128,27 +145,34 @@ class QuantizedMatrix(nn.Module):
 
 
 class _QuantizedMatmul(torch.autograd.Function):
-    """``x @ W.T`` for a quantized ``W``, dequantized chunk by chunk in the forward and again in the
-    backward pass (autograd keeps ``x``'s shape only, not the dequantized matrix)."""
+    """``x @ W.T`` for a quantized ``W``: llama.cpp's kernel (``native``), or the matrix dequantized
+    chunk by chunk. The backward pass dequantizes again instead of keeping the forward's copy."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, matrix: QuantizedMatrix) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, matrix: QuantizedMatrix, native: bool) -> Tensor:  # type: ignore[override]
         ctx.matrix = matrix
+        if native:
+            from mechlab.models import ggml_matmul
+
+            flat = ggml_matmul.matmul(
+                x.reshape(-1, matrix.columns), matrix.blocks, matrix.ggml_type, matrix.rows
+            )
+            return flat.to(x.dtype).reshape(*x.shape[:-1], matrix.rows)
         out = x.new_empty(*x.shape[:-1], matrix.rows)
         for start, stop, rows in matrix.chunks(x.dtype):
             out[..., start:stop] = x @ rows.T
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
         if not ctx.needs_input_grad[0]:
-            return None, None
+            return None, None, None
         matrix: QuantizedMatrix = ctx.matrix
         grad_x: Tensor | None = None
         for start, stop, rows in matrix.chunks(grad.dtype):
             part = grad[..., start:stop] @ rows
             grad_x = part if grad_x is None else grad_x + part
-        return grad_x, None
+        return grad_x, None, None
 
 
 class QuantizedLinear(nn.Module):
@@ -166,7 +190,9 @@ class QuantizedLinear(nn.Module):
         return self.matrix.weight
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
-        out = _QuantizedMatmul.apply(x, self.matrix)
+        # A pass that differentiates through this product computes it in float: exact gradients.
+        native = self.matrix.native() and not (torch.is_grad_enabled() and x.requires_grad)
+        out = _QuantizedMatmul.apply(x, self.matrix, native)
         return out if self.bias is None else out + self.bias
 
 
@@ -241,7 +267,10 @@ def build(path: Path, config: Any, architecture: str) -> nn.Module:
         )
         if keep:
             raw = processor.process(weights=data, name=tensor.name).weights  # Q/K rows permuted
-            matrix = QuantizedMatrix(torch.from_numpy(raw), qtype, tensor.shape[0])
+            blocks = torch.from_numpy(raw)
+            if raw is not data:  # a permuted copy: into torch's (aligned) memory
+                blocks = blocks.clone()
+            matrix = QuantizedMatrix(blocks, qtype, tensor.shape[0])
             _check_shape(path, tensor.name, (matrix.rows, matrix.columns), tuple(owner.weight.shape))
             _set(model, owner_name, _quantized_module(owner, matrix))
         else:
@@ -356,6 +385,41 @@ def shapes_only() -> Any:
         yield
     finally:
         _SHAPES_ONLY = kept
+
+
+@contextlib.contextmanager
+def kernels(name: str) -> Any:
+    """Inside the block, quantized products run on ``name``'s kernels (``KERNELS``).
+
+    ``llama.cpp`` (the default) multiplies as llama.cpp does — 8-bit activations, integer dot
+    products — about ten times faster on CPU than dequantizing, in passes without gradients (a pass
+    that differentiates through a product computes that product in float); ``torch`` dequantizes the
+    weights and multiplies in floating point everywhere, so every pass equals the float32 route's.
+
+    Raises:
+        InputError: an unknown kernel name.
+    """
+    global _KERNELS
+    if name not in KERNELS:
+        raise InputError(f"Unknown kernels {name!r}: expected one of {', '.join(KERNELS)}.")
+    kept, _KERNELS = _KERNELS, name
+    try:
+        yield
+    finally:
+        _KERNELS = kept
+
+
+def exact_gradients(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``method`` with quantized products in float (``kernels("torch")``): a method that compares
+    gradients with the model's outputs (Integrated Gradients' completeness, attribution patching)
+    must differentiate the very function whose values it reads, in its passes without gradients too."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with kernels("torch"):
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager

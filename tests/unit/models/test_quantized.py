@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType as Q
 
 import mechlab
 from mechlab.errors import InputError, UnsupportedArchitectureError
-from mechlab.models import quantized
+from mechlab.models import ggml_matmul, quantized
 from mechlab.models.bundled import bundled_gguf_path
 from mechlab.models.quantized import QuantizedEmbedding, QuantizedLinear, QuantizedMatrix
 from tests.integration.gguf_files import write_gguf
@@ -67,7 +67,7 @@ def test_float_rows_are_viewed_not_converted(qtype: Q) -> None:
 
 
 def _linear(qtype: Q = Q.Q4_K, rows: int = 48, columns: int = 256) -> tuple[QuantizedLinear, torch.Tensor]:
-    matrix = QuantizedMatrix(torch.from_numpy(random_blocks(qtype, rows, columns)), qtype, columns)
+    matrix = QuantizedMatrix(torch.from_numpy(random_blocks(qtype, rows, columns)).clone(), qtype, columns)
     return QuantizedLinear(matrix), matrix.weight
 
 
@@ -144,9 +144,14 @@ def test_quantized_mode_matches_the_float_route(
     floats = mechlab.load_model(str(path))
     kept = mechlab.load_model(str(path), weights="quantized")
     assert kept.info.weights == "quantized" and floats.info.weights == "float32"
+    with quantized.kernels("torch"):  # the same float arithmetic as the float32 route
+        _same_as_float(kept, floats)
+
+
+def _same_as_float(kept: mechlab.LoadedModel, floats: mechlab.LoadedModel) -> None:
     q_proj = kept.model.blocks[0].attn.q.original_component
     assert isinstance(q_proj, QuantizedLinear) and q_proj.matrix.storage == "Q8_0"
-    if arch == "qwen2":  # biases load as float parameters beside the kept matrix
+    if q_proj.bias is not None:  # Qwen2: biases load as float parameters beside the kept matrix
         assert q_proj.bias.abs().sum() > 0
     tokens = floats.model.to_tokens("The Eiffel Tower is located in the city of")
     with torch.no_grad():
@@ -190,3 +195,68 @@ def test_the_memory_plan_has_the_quantized_mode(tiny_file: Path) -> None:
     plan = mechlab.plan_memory(str(tiny_file), available=64 * 1024**3)
     assert plan["quantized"].weights == tiny_file.stat().st_size
     assert plan["quantized"].weights < plan["float32"].weights
+
+
+needs_llamacpp = pytest.mark.skipif(not ggml_matmul.available(), reason="llama-cpp-python is not installed")
+
+
+@needs_llamacpp
+@pytest.mark.parametrize(
+    "qtype", [t for t in _HALF_FIELDS if t not in (Q.IQ4_NL, Q.IQ4_XS)], ids=lambda t: t.name
+)
+def test_llamacpp_kernel_equals_the_product_up_to_its_8_bit_activations(qtype: Q) -> None:
+    module, weight = _linear(qtype, rows=40, columns=512)
+    x = torch.randn(7, 512)
+    assert module.matrix.native()
+    with torch.no_grad():
+        found = module(x)
+    expected = x @ weight.T
+    relative = float((found - expected).norm() / expected.norm())
+    assert 0 < relative < 0.02  # llama.cpp rounds the activations to 8 bits: close, not equal
+
+
+@needs_llamacpp
+def test_passes_with_gradients_and_torch_kernels_compute_in_float() -> None:
+    module, weight = _linear(Q.Q4_K)
+    x = torch.randn(3, 256)
+    expected = x @ weight.T
+    with torch.no_grad():
+        native = module(x)
+    assert not torch.allclose(native, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module(x.requires_grad_(True)), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), quantized.kernels("torch"):
+        torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="Unknown kernels 'cuda'"):
+        with quantized.kernels("cuda"):
+            pass
+
+
+@needs_llamacpp
+def test_llamacpp_kernels_keep_the_tiny_models_predictions(
+    tiny_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MECHLAB_CACHE_DIR", str(tmp_path / "cache"))
+    kept = mechlab.load_model(str(tiny_file), weights="quantized")
+    tokens = kept.model.to_tokens("The Eiffel Tower is located in the city of")
+    with torch.no_grad():
+        native = kept.model(tokens).log_softmax(-1)
+        with quantized.kernels("torch"):
+            exact = kept.model(tokens).log_softmax(-1)
+    kl = float((exact.exp() * (exact - native)).sum(-1).mean())
+    assert 0 < kl < 1e-3
+
+
+def test_converting_checks_the_disk_first(
+    tiny_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    monkeypatch.setenv("MECHLAB_CACHE_DIR", str(tmp_path / "cache"))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(InputError, match=r"Writing the float32 copy of tiny-llama-q8\.gguf needs 0\.06 GB"):
+        mechlab.load_model(str(tiny_file))
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))
+    # Quantized mode writes the config and tokenizer only (kilobytes): no float32 copy to make room for.
+    assert mechlab.load_model(str(tiny_file), weights="quantized").info.weights == "quantized"
