@@ -24,6 +24,7 @@ from torch import Tensor
 # ggml asserts (and aborts the process) on a buffer not aligned to this many bytes.
 ALIGNMENT = 32
 _F32 = 0
+_I32 = 26
 _TENSORS_PER_CALL = 4
 
 
@@ -43,7 +44,9 @@ class _Ggml:
         self.free = _fn(base.ggml_free, None, p)
         self.tensor_overhead = _fn(base.ggml_tensor_overhead, size)
         self.graph_overhead = _fn(base.ggml_graph_overhead, size)
+        self.new_tensor_1d = _fn(base.ggml_new_tensor_1d, p, p, i32, i64)
         self.new_tensor_2d = _fn(base.ggml_new_tensor_2d, p, p, i32, i64, i64)
+        self.get_rows = _fn(base.ggml_get_rows, p, p, p, p)
         self.mul_mat = _fn(base.ggml_mul_mat, p, p, p, p)
         self.new_graph = _fn(base.ggml_new_graph, p, p)
         self.build_forward_expand = _fn(base.ggml_build_forward_expand, None, p, p)
@@ -93,33 +96,64 @@ def usable(blocks: Tensor) -> bool:
 def matmul(
     x: Float[Tensor, "rows columns"], blocks: Tensor, ggml_type: int, out_features: int
 ) -> Float[Tensor, "rows out_features"]:
-    """``x @ W.T`` with ``W`` the ``[out_features, columns]`` matrix stored in ``blocks`` (GGUF layout)."""
-    ggml = _library()
-    assert ggml is not None
-    x = x.float().contiguous()
+    """``x @ W.T`` with ``W`` the ``[out_features, columns]`` matrix stored in ``blocks`` (GGUF layout),
+    activations rounded to 8 bits as llama.cpp does."""
+    x = _aligned(x.float().contiguous())
     rows, columns = x.shape
     out = torch.empty(rows, out_features, dtype=torch.float32)
-    ctx = ggml.init(_InitParams(ggml.context_size, None, True))
-    buffers = [
-        ggml.buffer_from_ptr(tensor.data_ptr(), tensor.numel() * tensor.element_size())
-        for tensor in (blocks, x, out)
-    ]
-    try:
+
+    def graph(ggml: _Ggml, ctx: int) -> tuple[list[tuple[int, Tensor]], int]:
         weight = ggml.new_tensor_2d(ctx, ggml_type, columns, out_features)
         activations = ggml.new_tensor_2d(ctx, _F32, columns, rows)
         product = ggml.mul_mat(ctx, weight, activations)
-        for buffer, tensor, source in zip(
-            buffers, (weight, activations, product), (blocks, x, out), strict=True
-        ):
-            if ggml.tensor_alloc(buffer, tensor, source.data_ptr()) != 0:
+        return [(weight, blocks), (activations, x), (product, out)], product
+
+    _compute(graph)
+    return out
+
+
+def dequantize_rows(
+    blocks: Tensor, ggml_type: int, columns: int, index: Tensor
+) -> Float[Tensor, "n columns"]:
+    """Rows ``index`` of the matrix stored in ``blocks``, dequantized by llama.cpp (``ggml_get_rows``:
+    its reference dequantization, equal to gguf-py's) into float32."""
+    ids = _aligned(index.to(torch.int32).contiguous())
+    out = torch.empty(len(ids), columns, dtype=torch.float32)
+
+    def graph(ggml: _Ggml, ctx: int) -> tuple[list[tuple[int, Tensor]], int]:
+        table = ggml.new_tensor_2d(ctx, ggml_type, columns, blocks.shape[0])
+        rows = ggml.new_tensor_1d(ctx, _I32, len(ids))
+        picked = ggml.get_rows(ctx, table, rows)
+        return [(table, blocks), (rows, ids), (picked, out)], picked
+
+    _compute(graph)
+    return out
+
+
+def _aligned(tensor: Tensor) -> Tensor:
+    return tensor if tensor.data_ptr() % ALIGNMENT == 0 else tensor.clone()
+
+
+def _compute(graph: Any) -> None:
+    """Build one operation's graph in a fresh context (``graph(ggml, ctx)`` gives each tensor with the
+    torch memory it reads or writes, and the result), run it on ggml's CPU backend, free it all."""
+    ggml = _library()
+    assert ggml is not None
+    ctx = ggml.init(_InitParams(ggml.context_size, None, True))
+    buffers: list[int] = []
+    try:
+        tensors, result = graph(ggml, ctx)
+        for tensor, memory in tensors:
+            buffer = ggml.buffer_from_ptr(memory.data_ptr(), memory.numel() * memory.element_size())
+            buffers.append(buffer)
+            if ggml.tensor_alloc(buffer, tensor, memory.data_ptr()) != 0:
                 raise RuntimeError("ggml_backend_tensor_alloc failed")
-        graph = ggml.new_graph(ctx)
-        ggml.build_forward_expand(graph, product)
+        cgraph = ggml.new_graph(ctx)
+        ggml.build_forward_expand(cgraph, result)
         ggml.set_n_threads(ggml.backend, torch.get_num_threads())
-        if ggml.graph_compute(ggml.backend, graph) != 0:
+        if ggml.graph_compute(ggml.backend, cgraph) != 0:
             raise RuntimeError("ggml_backend_graph_compute failed")
     finally:
         for buffer in buffers:
             ggml.buffer_free(buffer)
         ggml.free(ctx)
-    return out

@@ -47,9 +47,10 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 CHUNK_ELEMENTS = 1 << 24
 # While set, ``weight`` gives a meta tensor of the matrix's shape instead of dequantizing it.
 _SHAPES_ONLY = False
-# What multiplies by a quantized matrix: "llama.cpp" (its CPU kernel, where llama-cpp-python is
-# installed and the matrix is on CPU; torch otherwise) or "torch" (dequantized chunks, everywhere).
-KERNELS = ("llama.cpp", "torch")
+# How a quantized matrix multiplies: "llama.cpp" (its CPU kernel, 8-bit activations, where
+# llama-cpp-python is installed and the matrix is on CPU; "float" otherwise) or "float" (the matrix
+# dequantized in chunks, then a float product).
+KERNELS = ("llama.cpp", "float")
 _KERNELS = "llama.cpp"
 _FLOAT_VIEWS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -115,11 +116,7 @@ class QuantizedMatrix(nn.Module):
 
     def native(self) -> bool:
         """Whether products with this matrix run on llama.cpp's kernel (see ``kernels``)."""
-        if _KERNELS != "llama.cpp" or self.qtype.name in _FLOAT_VIEWS:
-            return False
-        from mechlab.models import ggml_matmul
-
-        return ggml_matmul.usable(self.blocks)
+        return _KERNELS == "llama.cpp" and self.qtype.name not in _FLOAT_VIEWS and _ggml_usable(self.blocks)
 
     @property
     def storage(self) -> str:
@@ -129,19 +126,33 @@ class QuantizedMatrix(nn.Module):
         step = max(1, CHUNK_ELEMENTS // self.columns)
         for start in range(0, self.rows, step):
             stop = min(start + step, self.rows)
-            yield start, stop, dequantize(self.blocks[start:stop], self.qtype, self.columns, dtype)
+            yield start, stop, self.rows_of(torch.arange(start, stop, device=self.blocks.device), dtype)
 
     def rows_of(self, index: Int[Tensor, " n"], dtype: torch.dtype) -> Float[Tensor, "n columns"]:
+        """Rows ``index``, dequantized: by llama.cpp on CPU where it is installed (its reference
+        dequantization, equal to the torch one bit for bit, several times faster), else by torch."""
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.rows):
+            raise IndexError(f"row index out of range: the matrix has {self.rows} rows")
+        if self.qtype.name not in _FLOAT_VIEWS and _ggml_usable(self.blocks):
+            from mechlab.models import ggml_matmul
+
+            return ggml_matmul.dequantize_rows(self.blocks, self.ggml_type, self.columns, index).to(dtype)
         return dequantize(self.blocks[index], self.qtype, self.columns, dtype)
 
     @property
     def weight(self) -> Float[Tensor, "rows columns"]:
         if _SHAPES_ONLY:  # the bridge reads every attribute while it is built
             return torch.empty(self.rows, self.columns, device="meta")
-        return dequantize(self.blocks, self.qtype, self.columns, torch.float32)
+        return self.rows_of(torch.arange(self.rows, device=self.blocks.device), torch.float32)
 
     def extra_repr(self) -> str:
         return f"{self.rows}×{self.columns}, {self.storage}"
+
+
+def _ggml_usable(blocks: Tensor) -> bool:
+    from mechlab.models import ggml_matmul
+
+    return ggml_matmul.usable(blocks)
 
 
 class _QuantizedMatmul(torch.autograd.Function):
@@ -392,9 +403,9 @@ def kernels(name: str) -> Any:
     """Inside the block, quantized products run on ``name``'s kernels (``KERNELS``).
 
     ``llama.cpp`` (the default) multiplies as llama.cpp does — 8-bit activations, integer dot
-    products — about ten times faster on CPU than dequantizing, in passes without gradients (a pass
-    that differentiates through a product computes that product in float); ``torch`` dequantizes the
-    weights and multiplies in floating point everywhere, so every pass equals the float32 route's.
+    products — in passes without gradients (a pass that differentiates through a product computes
+    that product in float); ``float`` dequantizes the weights and multiplies in floating point
+    everywhere, so every pass equals the float32 route's.
 
     Raises:
         InputError: an unknown kernel name.
@@ -410,13 +421,13 @@ def kernels(name: str) -> Any:
 
 
 def exact_gradients(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``method`` with quantized products in float (``kernels("torch")``): a method that compares
+    """Run ``method`` with quantized products in float (``kernels("float")``): a method that compares
     gradients with the model's outputs (Integrated Gradients' completeness, attribution patching)
     must differentiate the very function whose values it reads, in its passes without gradients too."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with kernels("torch"):
+        with kernels("float"):
             return method(*args, **kwargs)
 
     return wrapper

@@ -1,6 +1,6 @@
 """SmolLM2 in every loading mode: the same hook names, and each method's numbers within the mode's
 tolerance of float32 (quantized mode reads the same blocks the float32 copy was dequantized from: with
-torch kernels, and in gradient methods, the same float arithmetic; with llama.cpp's, its 8-bit
+float products, and in gradient methods, the same float arithmetic; with llama.cpp's, its 8-bit
 activations)."""
 
 import pytest
@@ -31,7 +31,7 @@ def test_modes_share_hook_names_and_logits(smollm2, quantized, bfloat16) -> None
     tokens = smollm2.model.to_tokens(EIFFEL)
     with torch.no_grad():
         reference, reference_cache = smollm2.model.run_with_cache(tokens)
-        with kernels("torch"):
+        with kernels("float"):
             found, cache = quantized.model.run_with_cache(tokens)
         native = quantized.model(tokens)
         half = bfloat16.model(tokens)

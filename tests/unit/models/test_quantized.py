@@ -144,7 +144,7 @@ def test_quantized_mode_matches_the_float_route(
     floats = mechlab.load_model(str(path))
     kept = mechlab.load_model(str(path), weights="quantized")
     assert kept.info.weights == "quantized" and floats.info.weights == "float32"
-    with quantized.kernels("torch"):  # the same float arithmetic as the float32 route
+    with quantized.kernels("float"):  # the same float arithmetic as the float32 route
         _same_as_float(kept, floats)
 
 
@@ -216,7 +216,21 @@ def test_llamacpp_kernel_equals_the_product_up_to_its_8_bit_activations(qtype: Q
 
 
 @needs_llamacpp
-def test_passes_with_gradients_and_torch_kernels_compute_in_float() -> None:
+@pytest.mark.parametrize(
+    "qtype", [t for t in _HALF_FIELDS if t not in (Q.IQ4_NL, Q.IQ4_XS)], ids=lambda t: t.name
+)
+def test_llamacpp_dequantizes_rows_as_torch_does(qtype: Q) -> None:
+    blocks = torch.from_numpy(random_blocks(qtype, 30, 512, seed=3)).clone()
+    matrix = QuantizedMatrix(blocks, qtype, 512)
+    index = torch.tensor([29, 0, 7, 7])
+    expected = quantized.dequantize(blocks[index], qtype, 512, torch.float32)
+    assert torch.equal(matrix.rows_of(index, torch.float32), expected)
+    with pytest.raises(IndexError, match="out of range: the matrix has 30 rows"):
+        matrix.rows_of(torch.tensor([30]), torch.float32)  # refused before llama.cpp could abort
+
+
+@needs_llamacpp
+def test_passes_with_gradients_and_float_kernels_compute_in_float() -> None:
     module, weight = _linear(Q.Q4_K)
     x = torch.randn(3, 256)
     expected = x @ weight.T
@@ -224,10 +238,10 @@ def test_passes_with_gradients_and_torch_kernels_compute_in_float() -> None:
         native = module(x)
     assert not torch.allclose(native, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(module(x.requires_grad_(True)), expected, rtol=1e-5, atol=1e-5)
-    with torch.no_grad(), quantized.kernels("torch"):
+    with torch.no_grad(), quantized.kernels("float"):
         torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(InputError, match="Unknown kernels 'cuda'"):
-        with quantized.kernels("cuda"):
+    with pytest.raises(InputError, match="Unknown kernels 'torch'"):
+        with quantized.kernels("torch"):
             pass
 
 
@@ -240,7 +254,7 @@ def test_llamacpp_kernels_keep_the_tiny_models_predictions(
     tokens = kept.model.to_tokens("The Eiffel Tower is located in the city of")
     with torch.no_grad():
         native = kept.model(tokens).log_softmax(-1)
-        with quantized.kernels("torch"):
+        with quantized.kernels("float"):
             exact = kept.model(tokens).log_softmax(-1)
     kl = float((exact.exp() * (exact - native)).sum(-1).mean())
     assert 0 < kl < 1e-3
