@@ -4,7 +4,8 @@
 first call trains it and writes the checkpoint to ``<cache>/toys/<key>/`` (``<cache>`` as for
 converted models: ``$MECHLAB_CACHE_DIR``, else ``~/.cache/mechlab``); later calls load it in well
 under a second. The key is a hash of everything the trained weights depend on: the training and
-toy-model code (``mechlab/toy/*.py`` but the source module), the config, and the torch version.
+toy-model code (``mechlab/toy/*.py`` but the source module and the big-GGUF generator), the config,
+and the torch version.
 Editing any of them trains afresh. The entry is written to a temporary sibling and renamed into
 place, so an interrupted run leaves no entry and two concurrent runs both end with a complete one.
 """
@@ -23,7 +24,9 @@ from mechlab.toy.train import TRAINING_FILE, ToyTrainConfig, TrainedToy, TrainSt
 
 _PACKAGE = Path(__file__).resolve().parent
 # The code a trained toy's weights depend on (the data, the trainer, the model builder).
-_SOURCES = tuple(path for path in sorted(_PACKAGE.glob("*.py")) if path.name != "source.py")
+_SOURCES = tuple(
+    path for path in sorted(_PACKAGE.glob("*.py")) if path.name not in ("source.py", "big_gguf.py")
+)
 
 
 def toy_cache_key(config: ToyTrainConfig) -> str:

@@ -1,9 +1,10 @@
 """Write small GGUF files the way llama.cpp's converter does, from tiny Hugging Face models.
 
-The tokenizer metadata is copied from the bundled SmolLM2 GGUF; the weights are those of a tiny
-seeded transformers model, with llama.cpp's Q/K row permutation applied for llama-family files and
-optionally quantized to Q8_0 with gguf-py. Loading such a file through mechlab must reproduce the
-tiny model's logits, which checks tensor mapping, the permutation and dequantization end to end.
+The tokenizer metadata is copied from the bundled SmolLM2 GGUF (``mechlab.toy.big_gguf.copy_tokenizer``,
+shared with the big random-weight files); the weights are those of a tiny seeded transformers model,
+with llama.cpp's Q/K row permutation applied for llama-family files and optionally quantized to Q8_0
+with gguf-py. Loading such a file through mechlab must reproduce the tiny model's logits, which checks
+tensor mapping, the permutation and dequantization end to end.
 """
 
 from pathlib import Path
@@ -13,18 +14,7 @@ import gguf
 import numpy as np
 import torch
 
-TOKENIZER_KEYS = (
-    "tokenizer.ggml.model",
-    "tokenizer.ggml.pre",
-    "tokenizer.ggml.tokens",
-    "tokenizer.ggml.token_type",
-    "tokenizer.ggml.merges",
-)
-
-
-def _merge_within(merge: str, known: set[str]) -> bool:
-    left, _, right = merge.partition(" ")
-    return left in known and right in known and left + right in known
+from mechlab.toy.big_gguf import copy_tokenizer
 
 
 def llama_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -34,26 +24,6 @@ def llama_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
         .swapaxes(1, 2)
         .reshape(weight.shape)
     )
-
-
-def copy_tokenizer(writer: gguf.GGUFWriter, source: Path, vocab_size: int) -> None:
-    """Copy the first ``vocab_size`` tokens of ``source``'s BPE vocabulary and the merges among them.
-
-    A smaller vocabulary keeps transformers' tokenizer conversion (seconds per 10k tokens) short.
-    """
-    reader = gguf.GGUFReader(str(source))
-    fields = {key: reader.fields[key].contents() for key in TOKENIZER_KEYS}
-    tokens = fields["tokenizer.ggml.tokens"][:vocab_size]
-    known = set(tokens)
-    merges = [m for m in fields["tokenizer.ggml.merges"] if _merge_within(m, known)]
-    writer.add_tokenizer_model(fields["tokenizer.ggml.model"])
-    writer.add_tokenizer_pre(fields["tokenizer.ggml.pre"])
-    writer.add_token_list(tokens)
-    writer.add_token_types(fields["tokenizer.ggml.token_type"][:vocab_size])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_add_bos_token(False)
 
 
 def write_gguf(
