@@ -44,6 +44,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "mechlab.errors": (
         "BundledModelMissingError",
         "CaptureStoreError",
+        "CompatError",
         "CorruptModelError",
         "DetectorError",
         "DetectorPluginError",

@@ -325,3 +325,46 @@ MSG_ONE_TOKEN_KEPT = (
     "(it is the attention sink), so the baseline equals the prompt and there is nothing to "
     "attribute. Give a longer prompt, or pass keep_first=False to attribute that token too."
 )
+
+
+class CompatError(MechlabError, ValueError):
+    """Code written for HookedTransformer asked ``mechlab.compat`` for something it cannot give."""
+
+
+MSG_COMPAT_ARG = (
+    "HookedTransformer.from_pretrained({arg}=...) is not supported by mechlab.compat: {why} "
+    "Pass a mechlab source instead (e.g. HookedTransformer.from_pretrained('smollm2'), a .gguf path, "
+    "hf:DIR, toy:tiny) and leave {arg} at its default."
+)
+
+MSG_COMPAT_REFACTOR_ROTARY = (
+    "refactor_factored_attn_matrices=True needs absolute positions: this model uses rotary positions, "
+    "so its QK circuit depends on the query and key positions and has no single factorisation "
+    "(TransformerLens 2.18 refuses it for the same reason). Load with "
+    "refactor_factored_attn_matrices=False."
+)
+
+MSG_COMPAT_NO_INIT = (
+    "mechlab.compat.HookedTransformer is made by HookedTransformer.from_pretrained(SOURCE) (any mechlab "
+    "source: 'smollm2', a .gguf path, hf:DIR, toy:...), not from a config. For a small model from a "
+    "config use a toy source, e.g. HookedTransformer.from_pretrained('toy:n_layers=2,d_model=64,"
+    "n_heads=4,d_head=16,d_mlp=256,d_vocab=100,n_ctx=64,act_fn=gelu,normalization_type=LN')."
+)
+
+MSG_COMPAT_UNKNOWN_HOOK = (
+    "No hook point is named {name!r} on this model. HookedTransformer's names look like "
+    "blocks.{{layer}}.hook_resid_pre, blocks.{{layer}}.attn.hook_z, ln_final.hook_scale "
+    "(utils.get_act_name('resid_pre', 3) builds them); model.hook_dict lists them all.{hint}"
+)
+
+MSG_COMPAT_UNGROUP = (
+    "set_ungroup_grouped_query_attention(True) is not supported: hook_k and hook_v stay one per "
+    "key/value head ({n_kv} of them for {n_heads} query heads), as in HookedTransformer's default. "
+    "For one per query head, expand the cached tensor: cache['k', layer].repeat_interleave({groups}, "
+    "dim=-2)."
+)
+
+MSG_COMPAT_BIAS_ABSENT = (
+    "The state dict sets {key!r} to a non-zero bias, but this model has no bias there (its checkpoint "
+    "is bias-free), so it cannot be loaded. Zero biases (what HookedTransformer fills in) load fine."
+)

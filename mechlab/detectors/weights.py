@@ -80,10 +80,16 @@ def folded_head_weights(model: HookedModel) -> FoldedHeads:
         scale = ln1_scales(model)[:, None, :, None]
         w_o = m.W_O.detach().float()
         n_heads = int(model.cfg.n_heads)
+        kv = torch.tensor([kv_head(model.cfg, head) for head in range(n_heads)], dtype=torch.long)
+        w_k, w_v = m.W_K.detach().float(), m.W_V.detach().float()
+        n_kv = int(kv.max()) + 1
+        if w_k.shape[1] != n_kv:  # one per query head (mechlab.compat): keep each key/value head once
+            first = torch.tensor([int((kv == k).nonzero()[0]) for k in range(n_kv)])
+            w_k, w_v = w_k[:, first], w_v[:, first]
         return FoldedHeads(
             W_Q=m.W_Q.detach().float() * scale,
-            W_K=m.W_K.detach().float() * scale,
-            W_V=m.W_V.detach().float() * scale,
+            W_K=w_k * scale,
+            W_V=w_v * scale,
             W_O=centre(w_o) if normalization(model) in CENTRES else w_o.clone(),
-            kv=torch.tensor([kv_head(model.cfg, head) for head in range(n_heads)], dtype=torch.long),
+            kv=kv,
         )

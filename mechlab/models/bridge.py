@@ -3,7 +3,8 @@
 The bridge exposes HookedTransformer hook names, ``run_with_cache``, ``run_with_hooks`` and
 ``ActivationCache`` with the weights exactly as the original model has them
 (``enable_compatibility_mode(no_processing=True)``: no LayerNorm folding or centring), so logits match
-the source model. Every source that loads a transformers model ends here.
+the source model. Every source that loads a transformers model ends here. The bridge is made a
+``mechlab.models.hooked.HookedBridge``, whose caches apply the norms' weights (which are not folded).
 """
 
 from typing import Any
@@ -30,6 +31,8 @@ def wrap_hf_model(
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
+    from mechlab.models.hooked import adopt
+
     architecture = type(hf_model).__name__
     if architecture not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedArchitectureError(
@@ -49,7 +52,7 @@ def wrap_hf_model(
         bridge.cfg.default_prepend_bos = (
             bool(bridge.cfg.tokenizer_prepends_bos) if prepend_bos is None else prepend_bos
         )
-    return bridge.eval()
+    return adopt(bridge).eval()
 
 
 def info_from(model: Any, **fields: Any) -> ModelInfo:

@@ -29,6 +29,8 @@ class ToySource(Source):
 
 
 def load_toy(source: str, target: str, *, device: Any, dtype: torch.dtype) -> tuple[Any, ModelInfo]:
+    from mechlab.models.hooked import adopt
+
     path = Path(target).expanduser()
     if target and toy.is_checkpoint(path):
         model, _ = toy.load_checkpoint(path, device=device, dtype=dtype)
@@ -37,6 +39,7 @@ def load_toy(source: str, target: str, *, device: Any, dtype: torch.dtype) -> tu
         model = toy.build(toy.parse_spec(target), device=device, dtype=dtype)
         where = None
     model.enable_compatibility_mode(no_processing=True)
+    model = adopt(model)
     info = info_from(
         model,
         source=source,

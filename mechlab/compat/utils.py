@@ -1,0 +1,131 @@
+"""``transformer_lens.utils`` as TransformerLens 2.18 had it (``from mechlab.compat import utils``).
+
+TransformerLens 4 moved these helpers to ``transformer_lens.utilities`` under the same names; this
+module re-exports every public name 2.18's ``utils`` had (``get_act_name``, ``to_numpy``,
+``lm_cross_entropy_loss``, ``test_prompt``, ``Slice`` …) and defines the two that 4 dropped:
+``ACTIVATION_FN_DICT`` and ``CACHE_DIR``.
+"""
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from huggingface_hub import constants
+from transformer_lens.FactoredMatrix import FactoredMatrix
+from transformer_lens.utilities import (
+    USE_DEFAULT_VALUE,
+    LocallyOverridenDefaults,
+    Slice,
+    SliceInput,
+    calc_fan_in_and_fan_out,
+    check_structure,
+    clear_huggingface_cache,
+    composition_scores,
+    download_file_from_hf,
+    gelu_fast,
+    gelu_new,
+    get_act_name,
+    get_attention_mask,
+    get_corner,
+    get_cumsum_along_dim,
+    get_dataset,
+    get_device,
+    get_input_with_manually_prepended_bos,
+    get_nested_attr,
+    get_offset_position_ids,
+    get_tokenizer_with_bos,
+    get_tokens_with_bos_removed,
+    init_kaiming_normal_,
+    init_kaiming_uniform_,
+    init_xavier_normal_,
+    init_xavier_uniform_,
+    is_library_available,
+    is_lower_triangular,
+    is_square,
+    keep_single_column,
+    lm_accuracy,
+    lm_cross_entropy_loss,
+    override_or_use_default_value,
+    print_gpu_mem,
+    remove_batch_dim,
+    repeat_along_head_dimension,
+    sample_logits,
+    select_compatible_kwargs,
+    set_nested_attr,
+    solu,
+    test_prompt,
+    to_numpy,
+    tokenize_and_concatenate,
+    transpose,
+    warn_if_mps,
+)
+from transformer_lens.utilities.activation_functions import XIELU, gelu_pytorch_tanh, xielu
+
+# The Hugging Face Hub cache, as 2.18 defined it.
+CACHE_DIR = constants.HUGGINGFACE_HUB_CACHE
+
+# 2.18's activation-function table, by HookedTransformerConfig.act_fn name.
+ACTIVATION_FN_DICT: dict[str, Callable[..., object]] = {
+    "solu": solu,
+    "solu_ln": solu,
+    "gelu_new": gelu_new,
+    "gelu_fast": gelu_fast,
+    "silu": F.silu,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": gelu_pytorch_tanh,
+    "xielu": xielu,
+}
+
+__all__ = [
+    "ACTIVATION_FN_DICT",
+    "CACHE_DIR",
+    "USE_DEFAULT_VALUE",
+    "XIELU",
+    "FactoredMatrix",
+    "LocallyOverridenDefaults",
+    "Slice",
+    "SliceInput",
+    "calc_fan_in_and_fan_out",
+    "check_structure",
+    "clear_huggingface_cache",
+    "composition_scores",
+    "download_file_from_hf",
+    "gelu_fast",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "get_act_name",
+    "get_attention_mask",
+    "get_corner",
+    "get_cumsum_along_dim",
+    "get_dataset",
+    "get_device",
+    "get_input_with_manually_prepended_bos",
+    "get_nested_attr",
+    "get_offset_position_ids",
+    "get_tokenizer_with_bos",
+    "get_tokens_with_bos_removed",
+    "init_kaiming_normal_",
+    "init_kaiming_uniform_",
+    "init_xavier_normal_",
+    "init_xavier_uniform_",
+    "is_library_available",
+    "is_lower_triangular",
+    "is_square",
+    "keep_single_column",
+    "lm_accuracy",
+    "lm_cross_entropy_loss",
+    "override_or_use_default_value",
+    "print_gpu_mem",
+    "remove_batch_dim",
+    "repeat_along_head_dimension",
+    "sample_logits",
+    "select_compatible_kwargs",
+    "set_nested_attr",
+    "solu",
+    "test_prompt",
+    "to_numpy",
+    "tokenize_and_concatenate",
+    "transpose",
+    "warn_if_mps",
+    "xielu",
+]
