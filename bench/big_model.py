@@ -30,7 +30,7 @@ from pathlib import Path
 
 CHILD = """
 import json, resource, sys, time, torch, mechlab
-path, mode, what = sys.argv[1:4]
+path, mode, what, ig_batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 torch.manual_seed(0)
 result = {}
 start = time.perf_counter()
@@ -44,9 +44,10 @@ if what == "run":
         start = time.perf_counter()
         model(tokens)
         result["forward_s"] = time.perf_counter() - start
+    result["forward_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     target = mechlab.make_target(model, int(tokens[0, -1]))
     start = time.perf_counter()
-    ig = mechlab.integrated_gradients(model, tokens, target)
+    ig = mechlab.integrated_gradients(model, tokens, target, batch_size=ig_batch)
     result["ig_s"] = time.perf_counter() - start
     result["ig_completeness"] = ig.completeness_error
     start = time.perf_counter()
@@ -62,10 +63,13 @@ print(json.dumps(result))
 GB = 1024**3
 
 
-def child(path: Path, mode: str, what: str, cache: str | None = None) -> dict[str, float]:
+def child(path: Path, mode: str, what: str, ig_batch: int = 16, cache: str | None = None) -> dict[str, float]:
     env = dict(os.environ, **({"MECHLAB_CACHE_DIR": cache} if cache else {}))
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), mode, what], capture_output=True, text=True, env=env
+        [sys.executable, "-c", CHILD, str(path), mode, what, str(ig_batch)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if out.returncode != 0:
         tail = "\n".join(out.stderr.strip().splitlines()[-5:])
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["llama-3.2-1b", "llama-3.1-8b"])
     parser.add_argument("--modes", nargs="+", default=["quantized", "bfloat16", "float32"])
     parser.add_argument("--type", default="Q4_K_M")
+    parser.add_argument("--ig-batch", type=int, default=16, help="IG interpolation points per pass")
     args = parser.parse_args()
 
     import mechlab
@@ -86,7 +91,7 @@ def main() -> None:
     rows, forwards = [], {}
     for shape in args.shapes:
         path = big_gguf(shape, args.type)
-        plan = mechlab.plan_memory(str(path))
+        plan = mechlab.plan_memory(str(path), ig_batch=args.ig_batch)
         for mode in args.modes:
             estimate = plan[mode]
             if not estimate.fits:
@@ -94,7 +99,7 @@ def main() -> None:
                 continue
             with tempfile.TemporaryDirectory(prefix="mechlab-bench-") as empty:
                 first = child(path, mode, "load", cache=empty)
-            measured = child(path, mode, "run")
+            measured = child(path, mode, "run", args.ig_batch)
             measured["first_load_s"] = first.get("load_s", float("nan"))
             measured["estimate"] = estimate.peak
             if mode == "quantized" and shape == "llama-3.2-1b":
@@ -122,7 +127,8 @@ def main() -> None:
         print(
             f"{shape} | {mode} | {path.stat().st_size / GB:.2f} | "
             f"{m['first_load_s']:.1f} / {m['load_s']:.1f} | "
-            f"{m['forward_s']:.2f} | {m['ig_s']:.1f} | {m['atp_s']:.1f} | {m['peak_rss'] / GB:.2f} | "
+            f"{m['forward_s']:.2f} | {m['ig_s']:.1f} | {m['atp_s']:.1f} | "
+            f"{m['forward_rss'] / GB:.2f} / {m['peak_rss'] / GB:.2f} | "
             f"{m['estimate'] / GB:.2f}" + (f" | KL vs llama.cpp {m['kl']:.4f}" if "kl" in m else "")
         )
     for shape in args.shapes:

@@ -10,11 +10,13 @@ pass dequantizes again instead of keeping the forward's copy, so gradients with 
 activations (Integrated Gradients, attribution patching) cost no dequantized model either. An
 embedding dequantizes only the rows of the tokens it looks up.
 
-Dequantization is diffusers' torch port of llama.cpp's block formats
-(``diffusers.quantizers.gguf.utils``: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K, IQ4_NL, IQ4_XS), computed in
-float32 and equal to gguf-py's reference dequantization bit for bit (tested); being torch ops, the same
-code runs on CUDA. transformers' own GGUF loader dequantizes every tensor at load time, and diffusers'
-``GGUFLinear`` keeps the dequantized matrix for the backward pass, so neither serves as the module itself.
+Products run on llama.cpp's own kernel where they can (``kernels``; ``mechlab.models.ggml_matmul``:
+CPU, llama-cpp-python installed, no gradient through the product), else in float on dequantized
+chunks. Dequantization is llama.cpp's reference one on CPU (``ggml_get_rows``) and diffusers' torch
+port of the block formats elsewhere (``diffusers.quantizers.gguf.utils``; the same code runs on CUDA):
+both equal gguf-py's dequantization bit for bit (tested). transformers' own GGUF loader dequantizes
+every tensor at load time, and diffusers' ``GGUFLinear`` keeps the dequantized matrix for the backward
+pass, so neither serves as the module itself.
 
 The llama.cpp Q/K row permutation that transformers undoes after dequantizing is a permutation of whole
 rows, and a row's blocks are self-contained: it is applied to the quantized rows (transformers' own
