@@ -60,6 +60,27 @@ result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(result))
 """
 
+RATIO = """
+import json, sys, time, torch, mechlab
+from mechlab.models.quantized import kernels
+path, repeats = sys.argv[1], int(sys.argv[2])
+models = {m: mechlab.load_model(path, weights=m, check_memory=False).model for m in ("quantized", "bfloat16")}
+tokens = torch.randint(1000, 40000, (1, 32), generator=torch.Generator().manual_seed(0))
+runs = {
+    "quantized (llama.cpp kernels)": ("quantized", "llama.cpp"),
+    "quantized (float)": ("quantized", "float"),
+    "bfloat16": ("bfloat16", "llama.cpp"),
+}
+times = {name: [] for name in runs}
+with torch.no_grad():
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        for name, (mode, kernel) in runs.items():
+            with kernels(kernel):
+                start = time.perf_counter()
+                models[mode](tokens)
+                times[name].append(time.perf_counter() - start)
+print(json.dumps({name: sorted(t[1:])[len(t[1:]) // 2] for name, t in times.items()}))
+"""
 GB = 1024**3
 
 
@@ -83,11 +104,29 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["quantized", "bfloat16", "float32"])
     parser.add_argument("--type", default="Q4_K_M")
     parser.add_argument("--ig-batch", type=int, default=16, help="IG interpolation points per pass")
+    parser.add_argument(
+        "--ratio",
+        action="store_true",
+        help="only the forward-pass ratio: quantized and bfloat16 in one process, alternating, median of 5",
+    )
     args = parser.parse_args()
 
     import mechlab
     from mechlab.toy.big_gguf import big_gguf
 
+    if args.ratio:
+        for shape in args.shapes:
+            out = subprocess.run(
+                [sys.executable, "-c", RATIO, str(big_gguf(shape, args.type)), "5"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            medians = json.loads(out.stdout.strip().splitlines()[-1])
+            half = medians["bfloat16"]
+            for name, seconds in medians.items():
+                print(f"{shape} 32-token forward, {name}: {seconds:.3f} s ({seconds / half:.2f}x bfloat16)")
+        return
     rows, forwards = [], {}
     for shape in args.shapes:
         path = big_gguf(shape, args.type)

@@ -117,7 +117,9 @@ def decode(
         logits = run(context if cache is None else context[:, -1:], cache)[0, -1]
         if cache is not None and kv_cache.verdict(key) is None:
             full = model(context)[0, -1]  # type: ignore[operator]
-            works = kv_cache.cached_length(cache) == context.shape[-1] and kv_cache.agrees(logits, full)
+            works = kv_cache.cached_length(cache) == context.shape[-1] and kv_cache.agrees(
+                logits, full, kv_cache.tolerance(model)
+            )
             kv_cache.record(key, works)
             if not works:
                 warnings.warn(MSG_CACHE_BROKEN, RuntimeWarning, stacklevel=3)

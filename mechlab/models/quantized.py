@@ -151,6 +151,12 @@ class QuantizedMatrix(nn.Module):
         return f"{self.rows}×{self.columns}, {self.storage}"
 
 
+def native_products(model: Any) -> bool:
+    """Whether any of ``model``'s products runs on llama.cpp's kernels now (see ``kernels``)."""
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    return any(isinstance(module, QuantizedMatrix) and module.native() for module in modules)
+
+
 def _ggml_usable(blocks: Tensor) -> bool:
     from mechlab.models import ggml_matmul
 

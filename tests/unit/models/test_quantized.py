@@ -274,3 +274,21 @@ def test_converting_checks_the_disk_first(
     assert not any((tmp_path / "cache").rglob("*.safetensors"))
     # Quantized mode writes the config and tokenizer only (kilobytes): no float32 copy to make room for.
     assert mechlab.load_model(str(tiny_file), weights="quantized").info.weights == "quantized"
+
+
+@needs_llamacpp
+def test_cached_decoding_allows_for_llamacpp_kernels_only(
+    tiny_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mechlab.models import kv_cache
+    from mechlab.models.decoding import decode
+
+    monkeypatch.setenv("MECHLAB_CACHE_DIR", str(tmp_path / "cache"))
+    kept = mechlab.load_model(str(tiny_file), weights="quantized").model
+    floats = mechlab.load_model(str(tiny_file)).model
+    assert kv_cache.tolerance(kept) == kv_cache.NATIVE_TOLERANCE
+    assert kv_cache.tolerance(floats) == kv_cache.TOLERANCE
+    with quantized.kernels("float"):
+        assert kv_cache.tolerance(kept) == kv_cache.TOLERANCE
+    tokens = kept.to_tokens("The Eiffel Tower is located in the city of")
+    assert decode(kept, tokens, max_new_tokens=4).cached  # the cache passed its check
