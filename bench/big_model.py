@@ -150,13 +150,13 @@ def main() -> None:
     header = (
         "shape",
         "mode",
-        "file GB",
+        "file GiB",
         "load first/cached s",
         "forward s",
-        "IG s",
+        f"IG s (batch {args.ig_batch})",
         "AtP s",
-        "peak RSS GB",
-        "plan GB",
+        "peak RSS GiB: forward / all",
+        "plan GiB",
     )
     print(" | ".join(header))
     for shape, mode, path, m in rows:
