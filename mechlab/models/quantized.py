@@ -128,13 +128,20 @@ class QuantizedMatrix(nn.Module):
         step = max(1, CHUNK_ELEMENTS // self.columns)
         for start in range(0, self.rows, step):
             stop = min(start + step, self.rows)
-            yield start, stop, self.rows_of(torch.arange(start, stop, device=self.blocks.device), dtype)
+            yield start, stop, self._dequantized(torch.arange(start, stop, device=self.blocks.device), dtype)
 
     def rows_of(self, index: Int[Tensor, " n"], dtype: torch.dtype) -> Float[Tensor, "n columns"]:
         """Rows ``index``, dequantized: by llama.cpp on CPU where it is installed (its reference
-        dequantization, equal to the torch one bit for bit, several times faster), else by torch."""
+        dequantization, equal to the torch one bit for bit, several times faster), else by torch.
+
+        Raises:
+            IndexError: an index outside the matrix (checked here: llama.cpp would abort the process).
+        """
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.rows):
             raise IndexError(f"row index out of range: the matrix has {self.rows} rows")
+        return self._dequantized(index, dtype)
+
+    def _dequantized(self, index: Int[Tensor, " n"], dtype: torch.dtype) -> Float[Tensor, "n columns"]:
         if self.qtype.name not in _FLOAT_VIEWS and _ggml_usable(self.blocks):
             from mechlab.models import ggml_matmul
 
@@ -145,7 +152,7 @@ class QuantizedMatrix(nn.Module):
     def weight(self) -> Float[Tensor, "rows columns"]:
         if _SHAPES_ONLY:  # the bridge reads every attribute while it is built
             return torch.empty(self.rows, self.columns, device="meta")
-        return self.rows_of(torch.arange(self.rows, device=self.blocks.device), torch.float32)
+        return self._dequantized(torch.arange(self.rows, device=self.blocks.device), torch.float32)
 
     def extra_repr(self) -> str:
         return f"{self.rows}×{self.columns}, {self.storage}"
