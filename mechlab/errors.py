@@ -81,6 +81,27 @@ MSG_UNKNOWN_EXECUTOR = (
     "point in the group mechlab.executors (see mechlab.executors)."
 )
 
+MSG_MISSING_EXTRA = (
+    "{what} needs the optional package {package!r}, which is not installed. Install it with "
+    "`pip install 'mechlab[{extra}]'` (or `pip install {pin}`)."
+)
+
+
+class TaskError(MechlabError, RuntimeError):
+    """Tasks of a sweep raised on an executor; the other tasks completed.
+
+    Attributes:
+        failures: ``(index, task, error)`` of each task that raised, in task order (``error`` is the
+            exception the task raised, or a description of it when it cannot travel back).
+        results: every task's result in task order, ``None`` for the failed ones.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[int, object, object]], results: list[object]):
+        super().__init__(message)
+        self.failures = failures
+        self.results = results
+
+
 MSG_DUPLICATE_SOURCE = (
     "Two installed packages provide the model source {name!r}: {first} and {second}. Uninstall one "
     "of them; until then {name!r} cannot be used (every other source still works)."
@@ -367,4 +388,32 @@ MSG_COMPAT_UNGROUP = (
 MSG_COMPAT_BIAS_ABSENT = (
     "The state dict sets {key!r} to a non-zero bias, but this model has no bias there (its checkpoint "
     "is bias-free), so it cannot be loaded. Zero biases (what HookedTransformer fills in) load fine."
+)
+
+MSG_DIRECTION_WIDTH = (
+    "The direction has shape {shape}; this model's residual stream is {d_model} wide, so a direction "
+    "must be a 1-D vector of {d_model} numbers. Take it from this model's activations "
+    "(mechlab.directions.from_pairs on the same model), not from another model's."
+)
+
+MSG_LAYER_RANGE = (
+    "Layer(s) {layers} out of range: the model has {n_layers} blocks, numbered 0 to {last}. Pick layers "
+    "in that range (or none, for all of them)."
+)
+
+MSG_CONTROL_VECTOR_SITE = (
+    "llama.cpp adds a control vector's direction.N to the output of block N (N = 1 to {last}), which is "
+    "mechlab's Site('resid_post', N) or Site('resid_pre', N + 1); {site} is not one of those. Steer at "
+    "resid_post 1 to {last} (block 0's output has no slot in a control vector)."
+)
+
+MSG_BAKE_ARCH = (
+    "Cannot bake a direction into a {arch!r} file: {reason}. Architectures mechlab writes back: "
+    "{supported}. Use the direction with hooks in mechlab (mechlab.fix.ablation_hooks), or export it as "
+    "a llama.cpp control vector (mechlab export-control-vector) to steer at run time instead."
+)
+
+MSG_BAKE_SAME_FILE = (
+    "The baked file would replace its source {path}. Write it to a new path (--out fixed.gguf); the "
+    "source stays as it is, so the two can be compared."
 )

@@ -75,6 +75,10 @@ _LAYER_TEMPLATES: dict[str, str] = {
     "mlp_post": "blocks.{layer}.mlp.hook_post",
     "ln1_scale": "blocks.{layer}.ln1.hook_scale",
     "ln2_scale": "blocks.{layer}.ln2.hook_scale",
+    # The MLP's input (after ln2 and its weight); ln*_normalized: the norm's output before its weight.
+    "mlp_in": "blocks.{layer}.mlp.hook_in",
+    "ln1_normalized": "blocks.{layer}.ln1.hook_normalized",
+    "ln2_normalized": "blocks.{layer}.ln2.hook_normalized",
     "z": "blocks.{layer}.attn.hook_z",
     "q": "blocks.{layer}.attn.hook_q",
     "k": "blocks.{layer}.attn.hook_k",

@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 
 import mechlab
-from mechlab.cli import detect, explain, methods, models, patching
-from mechlab.cli.common import Handler
+from mechlab.cli import detect, explain, fix, graph, methods, models, patching, sae
+from mechlab.cli.common import Handler, model_options
 
 # Each command module: ``add_parsers`` (building its sub-commands) and ``HANDLERS`` (name → function).
-GROUPS = (models, patching, detect, methods, explain)
+GROUPS = (models, patching, detect, methods, explain, fix, graph)
 HANDLERS: dict[str, Handler] = {name: fn for group in GROUPS for name, fn in group.HANDLERS.items()}
 
 EPILOG = """\
@@ -57,6 +57,11 @@ Examples:
   mechlab attribute smollm2 "The Eiffel Tower is located in the city of" --target " Paris"
   mechlab lens smollm2 "The Eiffel Tower is located in the city of" --html lens.html
   mechlab probe smollm2 sentiment --html probes.html
+  mechlab direction smollm2 --pairs pairs.jsonl --layer 14 --out direction.safetensors
+  mechlab export-control-vector smollm2 --direction direction.safetensors --strength -4 --out fix.gguf
+  mechlab bake smollm2 --direction direction.safetensors --out fixed.gguf --verify
+  mechlab sae train smollm2 --site resid_post.15 --k 64 --out saes/l15   (see `mechlab sae --help`)
+  mechlab graph smollm2 "The Eiffel Tower is located in the city of" --transcoders DIR --out graph.html
 """
 
 
@@ -80,17 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("source", metavar="SOURCE", help="model source (see below), e.g. smollm2")
-        p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-        p.add_argument(
-            "--weights",
-            "--dtype",
-            dest="weights",
-            default="float32",
-            choices=["float32", "bfloat16", "float16", "quantized"],
-            help="loading mode: the parameters' dtype (float32 matches the original most closely), or "
-            "quantized: a GGUF file's matrices stay in their blocks (about the file's size in memory); "
-            "`mechlab info SOURCE --plan` shows what each needs",
-        )
+        model_options(p)
         p.add_argument("--force", action="store_true", help="replace output files even if read-only")
         p.set_defaults(handler=HANDLERS[name])
         return p
@@ -100,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_parsers(add, sub)
     methods.add_parsers(add)
     explain.add_parsers(add)
+    fix.add_parsers(add)
+    graph.add_parsers(add)
+    sae.add_parsers(sub)
     return parser
 
 

@@ -24,12 +24,61 @@ def progress(console: Console, what: str) -> Iterator[Callable[[str], None]]:
         yield lambda message: spinner.update(f"[bold]{escape(what)}:[/] {escape(message)}")
 
 
+def model_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--weights``: how a command loads its model (``load``)."""
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument(
+        "--weights",
+        "--dtype",
+        dest="weights",
+        default="float32",
+        choices=["float32", "bfloat16", "float16", "quantized"],
+        help="loading mode: the parameters' dtype (float32 matches the original most closely), or "
+        "quantized: a GGUF file's matrices stay in their blocks (about the file's size in memory); "
+        "`mechlab info SOURCE --plan` shows what each needs",
+    )
+
+
 def load(args: argparse.Namespace, console: Console) -> "mechlab.LoadedModel":
     with progress(console, f"Loading {args.source}") as status:
         loaded = mechlab.load_model(args.source, device=args.device, weights=args.weights, status=status)
     cached = " (converted copy from cache)" if loaded.info.from_cache else ""
     console.print(f"Loaded {escape(args.source)} in {loaded.info.load_seconds:.1f} s{cached}")
     return loaded
+
+
+def add_executor(parser: argparse.ArgumentParser) -> None:
+    """``--executor`` and ``--address``: where a sweeping command runs its tasks."""
+    parser.add_argument(
+        "--executor",
+        default="in-process",
+        help="where the sweep's tasks run: in-process (default) or ray (needs `pip install "
+        "'mechlab[ray]'`), or any executor installed in the mechlab.executors group",
+    )
+    parser.add_argument(
+        "--address",
+        help="with --executor ray: 'auto' (the cluster `ray start --head` runs here) or "
+        "ray://HOST:PORT; default: start a local Ray instance",
+    )
+
+
+@contextmanager
+def executor_from(args: argparse.Namespace) -> Iterator["mechlab.Executor"]:
+    """The executor ``--executor``/``--address`` name (made before the model loads, so a bad name
+    fails first), closed when the command is done (a Ray executor stops its workers)."""
+    if args.address is not None and args.executor == "in-process":
+        raise mechlab.InputError("--address names a Ray cluster; pass it with --executor ray.")
+    options = {} if args.address is None else {"address": args.address}
+    if args.executor == "in-process":
+        executor = mechlab.resolve_executor(None)
+    else:
+        executor = mechlab.ExecutorRegistry.from_entry_points().create(args.executor, **options)
+    try:
+        yield executor
+    finally:
+        close = getattr(executor, "close", None)
+        if callable(close):
+            close()
 
 
 def outputs(args: argparse.Namespace, *flags: str) -> dict[str, Path]:

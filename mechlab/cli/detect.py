@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, outputs, positive_int
+from mechlab.cli.common import Add, Handler, add_executor, executor_from, load, outputs, positive_int
 
 
 def _sample_count(text: str) -> int:
@@ -53,32 +53,34 @@ def cmd_detect(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import Progress
 
     outputs(args, "html", "json")
-    loaded = load(args, console)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("Scoring heads on repeated random tokens", total=args.samples)
-        report = mechlab.run_detectors(
-            loaded.model,
-            args.detector or None,
-            n_samples=args.samples,
-            seq_len=args.seq_len,
-            seed=args.seed,
-            progress=lambda state: bar.update(task, completed=state.done),
+    with executor_from(args) as executor:
+        loaded = load(args, console)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("Scoring heads on repeated random tokens", total=args.samples)
+            report = mechlab.run_detectors(
+                loaded.model,
+                args.detector or None,
+                n_samples=args.samples,
+                seq_len=args.seq_len,
+                seed=args.seed,
+                progress=lambda state: bar.update(task, completed=state.done),
+                executor=executor,
+            )
+        settings = report.settings
+        console.print(
+            f"{settings['n_samples']} sequences of BOS + 2 × {settings['seq_len']} random tokens "
+            f"(seed {settings['seed']}), {settings['seconds']:.1f} s"
         )
-    settings = report.settings
-    console.print(
-        f"{settings['n_samples']} sequences of BOS + 2 × {settings['seq_len']} random tokens "
-        f"(seed {settings['seed']}), {settings['seconds']:.1f} s"
-    )
-    for result in report.values():
-        console.print(detector_table(result, args.top))
-    for name, message in report.failures.items():
-        console.print(f"[bold red]{escape(name)} failed:[/] {escape(message)}", highlight=False)
-    if args.html:
-        written = report.save_html(args.html, title=f"mechlab detect {args.source}")
-        console.print(f"Wrote {escape(str(written))}")
-    if args.json:
-        console.print(f"Wrote {escape(str(report.save(args.json)))}")
-    return 1 if report.failures else 0
+        for result in report.values():
+            console.print(detector_table(result, args.top))
+        for name, message in report.failures.items():
+            console.print(f"[bold red]{escape(name)} failed:[/] {escape(message)}", highlight=False)
+        if args.html:
+            written = report.save_html(args.html, title=f"mechlab detect {args.source}")
+            console.print(f"Wrote {escape(str(written))}")
+        if args.json:
+            console.print(f"Wrote {escape(str(report.save(args.json)))}")
+        return 1 if report.failures else 0
 
 
 def cmd_detectors(args: argparse.Namespace, console: Console) -> int:
@@ -151,6 +153,7 @@ def add_parsers(add: Add, sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--html", type=Path, metavar="FILE", help="also write an offline HTML report")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every score as JSON")
+    add_executor(p)
 
     p = sub.add_parser(
         "detectors",

@@ -1,10 +1,12 @@
-"""The ``explain`` sub-command: one prompt in, one self-contained offline HTML report out.
+"""The ``explain`` sub-command: one prompt in, one self-contained offline HTML report out; or a
+prompt file in (``--prompts``), a directory with a report per prompt and an index page out.
 
 A thin layer over ``mechlab.explain``; ``add_parsers`` adds it to ``mechlab.cli.build_parser``.
 """
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -15,6 +17,8 @@ import mechlab
 from mechlab.cli.common import (
     Add,
     Handler,
+    add_executor,
+    executor_from,
     load,
     non_negative_float,
     non_negative_int,
@@ -42,19 +46,42 @@ def settings_from(args: argparse.Namespace) -> "mechlab.ExplainSettings":
             ig_steps=args.ig_steps,
             detectors=detectors,
             verify=args.verify,
+            top_latents=args.top_latents,
         )
     except ValueError as error:
         raise mechlab.InputError(str(error)) from error
 
 
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
+    if (args.prompt is None) == (args.prompts is None):
+        raise mechlab.InputError(
+            "Pass either PROMPT (one report) or --prompts FILE (a JSON-lines file: a report per prompt "
+            "and an index page in the --out directory), not both and not neither."
+        )
+    if args.prompts is not None:
+        return explain_prompts(args, console)
+    if args.executor != "in-process" or args.address is not None:
+        raise mechlab.InputError("--executor and --address apply to --prompts (one task per prompt).")
     # Checks that need no model run before loading it; the prompt's length and --target/--contrast
     # need the tokenizer and are checked by explain() before it generates.
     mechlab.check_prompt(args.prompt)
+    args.out = args.out or "report.html"
     checked = outputs(args, "out", "json")
     out, summary_path = checked["--out"], checked.get("--json")
     settings = settings_from(args)
+    saes = {
+        Path(directory).resolve().name: mechlab.load_sae(directory, device=args.device)
+        for directory in args.sae
+    }
+    if len(saes) != len(args.sae):
+        raise mechlab.InputError(
+            f"Two --sae directories share a name ({', '.join(args.sae)}); the report names each SAE after "
+            "its directory, so give them distinct names."
+        )
     loaded = load(args, console)
+    corpus = None
+    if saes and args.sae_tokens:
+        corpus = mechlab.corpus_tokens(loaded.model, args.sae_tokens, context=args.sae_context, split="train")
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("explaining", total=None)
@@ -62,7 +89,15 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
         def report(state: Any) -> None:  # mechlab.report.settings.ExplainProgress
             bar.update(task, completed=state.done, total=state.total, description=state.stage)
 
-        explanation = mechlab.explain(loaded, args.prompt, settings=settings, progress=report)
+        explanation = mechlab.explain(
+            loaded,
+            args.prompt,
+            settings=settings,
+            progress=report,
+            saes=saes,
+            sae_corpus=corpus,
+            sae_corpus_name="the offline corpus (train split)",
+        )
     path = explanation.save(out)
     summary = explanation.to_dict()
     if summary_path is not None:
@@ -88,6 +123,12 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     )
     heads = ", ".join(f"{h.label} {h.ablation:+.2f}" for h in explanation.heads[:4])
     console.print(f"Heads that matter (drop in logit difference when knocked out): {heads}")
+    for found in explanation.saes:
+        latents = ", ".join(f"{f.latent} {f.attribution:+.2f}" for f in found.latents[:4])
+        console.print(
+            f"SAE {escape(found.name)} at {found.site}: {found.n_active} latents active; attribution "
+            f"(activation × gradient): {latents}"
+        )
     console.print(
         f"Report: [bold]{escape(str(path))}[/] ({explanation.manifest['timings_s']['total']:.0f} s)"
     )
@@ -108,6 +149,31 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     return 1
 
 
+def explain_prompts(args: argparse.Namespace, console: Console) -> int:
+    """``explain --prompts FILE --out DIR``: a report per prompt, an index page, one task each."""
+    if args.json is not None:
+        raise mechlab.InputError(
+            "--json applies to one prompt; with --prompts each report has its JSON summary."
+        )
+    tasks = mechlab.read_prompts(args.prompts)
+    settings = settings_from(args)
+    with executor_from(args) as executor:
+        out = args.out or "reports"
+        loaded = load(args, console)
+        with mechlab.RichProgress(f"Explaining {len(tasks)} prompts", console=console) as bar:
+            rows = mechlab.explain_prompts(
+                loaded, tasks, out, settings=settings, progress=bar, executor=executor
+            )
+        failed = [row for row in rows if "error" in row]
+        for row in failed:
+            console.print(f"[bold red]prompt {row['index']}:[/] {escape(row['error'])}", highlight=False)
+        console.print(
+            f"{len(rows) - len(failed)} of {len(rows)} prompts explained; "
+            f"index: [bold]{escape(out)}/index.html[/]"
+        )
+        return 1 if failed else 0
+
+
 HANDLERS: dict[str, Handler] = {"explain": cmd_explain}
 
 
@@ -119,8 +185,19 @@ def add_parsers(add: Add) -> None:
         "Integrated Gradients, logit lens, direct logit attribution, the heads that matter, their "
         "attention, known circuits, and a reproducibility manifest.",
     )
-    p.add_argument("prompt", metavar="PROMPT", help="the text the model continues")
-    p.add_argument("--out", default="report.html", help="the HTML report to write (default report.html)")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", help="the text the model continues")
+    p.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help='explain every prompt of a JSON-lines file ({"prompt": ..., "target"?: ..., "contrast"?: ...} '
+        "per line) instead: a report per prompt and index.html in the --out directory",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="the HTML report to write (default report.html); with --prompts, the directory "
+        "(default reports)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write a JSON summary")
     p.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template")
     p.add_argument("--max-new-tokens", type=positive_int, default=20)
@@ -143,8 +220,30 @@ def add_parsers(add: Add) -> None:
     )
     p.add_argument("--no-detectors", action="store_true", help="skip the detectors")
     p.add_argument(
+        "--sae",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="an SAE directory of this model (repeatable): adds the latents most active at the explained "
+        "position, their attribution (activation × gradient) and feature pages",
+    )
+    p.add_argument(
+        "--top-latents",
+        type=positive_int,
+        default=8,
+        help="latents listed per SAE, by activation and by attribution",
+    )
+    p.add_argument(
+        "--sae-tokens",
+        type=non_negative_int,
+        default=16_384,
+        help="offline-corpus tokens read for the latents' feature pages (0: the explained context only)",
+    )
+    p.add_argument("--sae-context", type=positive_int, default=128, help="tokens per corpus window")
+    p.add_argument(
         "--verify",
         action="store_true",
         help="also check the model against a transformers reference (exit code 1 if they disagree; "
         "the report is still written)",
     )
+    add_executor(p)

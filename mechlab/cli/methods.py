@@ -12,7 +12,17 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, int_list, load, outputs, positive_int, progress
+from mechlab.cli.common import (
+    Add,
+    Handler,
+    add_executor,
+    executor_from,
+    int_list,
+    load,
+    outputs,
+    positive_int,
+    progress,
+)
 
 
 def _bar(value: float, bound: float, width: int = 24) -> str:
@@ -120,30 +130,31 @@ def cmd_probe(args: argparse.Namespace, console: Console) -> int:
     except ValueError as error:
         raise mechlab.InputError(str(error)) from error
     dataset = mechlab.load_probe_dataset(args.data)
-    model = load(args, console).model
-    layers = args.layers or None
-    with progress(console, f"Caching activations and fitting probes ({dataset.summary()})"):
-        result = mechlab.train_probes(
-            model, dataset, args.site, layers, position=args.position, config=config
+    with executor_from(args) as executor:
+        model = load(args, console).model
+        layers = args.layers or None
+        with progress(console, f"Caching activations and fitting probes ({dataset.summary()})"):
+            result = mechlab.train_probes(
+                model, dataset, args.site, layers, position=args.position, config=config, executor=executor
+            )
+        table = Table(title=escape(f"{dataset.summary()}; {args.site} at the {result.position} position"))
+        for name in ("layer", "accuracy", "control", "selectivity"):
+            table.add_column(name, justify="right")
+        best = result.best_layer
+        for layer, acc, ctl in zip(
+            result.layers, result.accuracy.tolist(), result.control_accuracy.tolist(), strict=True
+        ):
+            style = "bold green" if layer == best else ""
+            table.add_row(str(layer), f"{acc:.3f}", f"{ctl:.3f}", f"{acc - ctl:+.3f}", style=style)
+        console.print(table)
+        console.print(
+            f"Majority-class accuracy {result.majority:.3f}; best selectivity at layer {best} "
+            f"({float(result.selectivity.max()):+.3f}); {result.n_train} training / {result.n_test} held-out "
+            "texts."
         )
-    table = Table(title=escape(f"{dataset.summary()}; {args.site} at the {result.position} position"))
-    for name in ("layer", "accuracy", "control", "selectivity"):
-        table.add_column(name, justify="right")
-    best = result.best_layer
-    for layer, acc, ctl in zip(
-        result.layers, result.accuracy.tolist(), result.control_accuracy.tolist(), strict=True
-    ):
-        style = "bold green" if layer == best else ""
-        table.add_row(str(layer), f"{acc:.3f}", f"{ctl:.3f}", f"{acc - ctl:+.3f}", style=style)
-    console.print(table)
-    console.print(
-        f"Majority-class accuracy {result.majority:.3f}; best selectivity at layer {best} "
-        f"({float(result.selectivity.max()):+.3f}); {result.n_train} training / {result.n_test} held-out "
-        "texts."
-    )
-    if args.html:
-        console.print(f"Wrote {escape(str(result.page().save(args.html)))}")
-    return 0
+        if args.html:
+            console.print(f"Wrote {escape(str(result.page().save(args.html)))}")
+        return 0
 
 
 def cmd_attention(args: argparse.Namespace, console: Console) -> int:
@@ -201,6 +212,7 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--weight-decay", type=float, default=0.1, help="L2 penalty (standardised features)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page")
+    add_executor(p)
 
     p = add("attention", "Write an offline HTML page (and PNG) of attention patterns.")
     p.add_argument("prompt", metavar="PROMPT")

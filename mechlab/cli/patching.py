@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mechlab
-from mechlab.cli.common import Add, Handler, load, outputs, positive_int
+from mechlab.cli.common import Add, Handler, add_executor, executor_from, load, outputs, positive_int
 
 
 def _sites_arg(values: Sequence[str], per_position: bool) -> Any:
@@ -28,56 +28,65 @@ def _sites_arg(values: Sequence[str], per_position: bool) -> Any:
 
 def cmd_patch(args: argparse.Namespace, console: Console) -> int:
     outputs(args, "plot")
-    loaded = load(args, console)
-    model = loaded.model
-    metric = mechlab.LogitDiff.from_text(model, args.answer, args.wrong)
-    sites = _sites_arg(args.sites, args.per_position)
-    if args.method == "attribution":
-        result = mechlab.attribution_patch(
-            model, args.clean, args.corrupted, sites, metric, direction=args.direction
-        )
-    else:
-        with mechlab.RichProgress("Patching", transient=True, console=console) as bar:
-            result = mechlab.patch(
-                model, args.clean, args.corrupted, sites, metric, direction=args.direction, progress=bar
+    with executor_from(args) as executor:
+        loaded = load(args, console)
+        model = loaded.model
+        metric = mechlab.LogitDiff.from_text(model, args.answer, args.wrong)
+        sites = _sites_arg(args.sites, args.per_position)
+        if args.method == "attribution":
+            result = mechlab.attribution_patch(
+                model, args.clean, args.corrupted, sites, metric, direction=args.direction, executor=executor
             )
-    if args.json:
-        console.print_json(json.dumps(result.to_dict()))
+        else:
+            with mechlab.RichProgress("Patching", transient=True, console=console) as bar:
+                result = mechlab.patch(
+                    model,
+                    args.clean,
+                    args.corrupted,
+                    sites,
+                    metric,
+                    direction=args.direction,
+                    progress=bar,
+                    executor=executor,
+                )
+        if args.json:
+            console.print_json(json.dumps(result.to_dict()))
+            return 0
+        console.print(escape(result.summary()))
+        table = Table(title=f"Top {args.top} by |effect| (1 = carries the whole difference)")
+        for column in ("site", "patched metric", "effect"):
+            table.add_column(column, justify="left" if column == "site" else "right")
+        for entry in result.top(args.top):
+            table.add_row(escape(entry.label), f"{entry.value:.4f}", f"{entry.effect:+.3f}")
+        console.print(table)
+        if args.plot:
+            result.plot().savefig(args.plot, dpi=110)
+            console.print(f"Wrote {escape(str(args.plot))}")
         return 0
-    console.print(escape(result.summary()))
-    table = Table(title=f"Top {args.top} by |effect| (1 = carries the whole difference)")
-    for column in ("site", "patched metric", "effect"):
-        table.add_column(column, justify="left" if column == "site" else "right")
-    for entry in result.top(args.top):
-        table.add_row(escape(entry.label), f"{entry.value:.4f}", f"{entry.effect:+.3f}")
-    console.print(table)
-    if args.plot:
-        result.plot().savefig(args.plot, dpi=110)
-        console.print(f"Wrote {escape(str(args.plot))}")
-    return 0
 
 
 def cmd_capture(args: argparse.Namespace, console: Console) -> int:
-
-    loaded = load(args, console)
-    path = Path(args.prompts)
-    if not path.is_file():
-        raise mechlab.InputError(f"{path} does not exist; expected a text file with one prompt per line.")
-    with path.open(encoding="utf-8") as lines, mechlab.RichProgress("Capturing") as progress:
-        prompts = (line.rstrip("\n") for line in lines if line.strip())
-        dataset = mechlab.capture_dataset(
-            loaded.model,
-            prompts,
-            args.sites,
-            args.out,
-            batch_size=args.batch_size,
-            progress=progress,
-            verify_shards=args.verify_shards,
-        )
-    shards = len(dataset.manifest["shards"])
-    where = f"sites {', '.join(dataset.sites)} → {args.out}"
-    console.print(f"{len(dataset)} prompts, {escape(where)} ({shards} shards)")
-    return 0
+    with executor_from(args) as executor:
+        loaded = load(args, console)
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise mechlab.InputError(f"{path} does not exist; expected a text file with one prompt per line.")
+        with path.open(encoding="utf-8") as lines, mechlab.RichProgress("Capturing") as progress:
+            prompts = (line.rstrip("\n") for line in lines if line.strip())
+            dataset = mechlab.capture_dataset(
+                loaded.model,
+                prompts,
+                args.sites,
+                args.out,
+                batch_size=args.batch_size,
+                progress=progress,
+                verify_shards=args.verify_shards,
+                executor=executor,
+            )
+        shards = len(dataset.manifest["shards"])
+        where = f"sites {', '.join(dataset.sites)} → {args.out}"
+        console.print(f"{len(dataset)} prompts, {escape(where)} ({shards} shards)")
+        return 0
 
 
 HANDLERS: dict[str, Handler] = {"patch": cmd_patch, "capture": cmd_capture}
@@ -112,6 +121,7 @@ def add_parsers(add: Add) -> None:
     p.add_argument("--top", type=positive_int, default=10, help="rows in the table")
     p.add_argument("--plot", metavar="PNG", help="save the heatmap")
     p.add_argument("--json", action="store_true", help="print every cell as JSON instead")
+    add_executor(p)
 
     p = add("capture", "Stream activations of many prompts to safetensors shards (resumable).")
     p.add_argument("prompts", metavar="PROMPTS", help="text file, one prompt per line")
@@ -125,3 +135,4 @@ def add_parsers(add: Add) -> None:
         action="store_true",
         help="when resuming, hash every shard already written (default: those whose size or time changed)",
     )
+    add_executor(p)

@@ -26,7 +26,9 @@ patches, so a sweep over all heads costs a fraction of one forward pass per head
     (('layer',), [1.0, 1.0], 'resume')
 """
 
+import dataclasses
 import time
+from typing import Any
 
 from torch import Tensor
 
@@ -42,8 +44,9 @@ from mechlab.interventions.inputs import (
 )
 from mechlab.interventions.result import PatchResult
 from mechlab.interventions.runner import Replacement, Runner
-from mechlab.interventions.scoring import MetricLike, scorer
+from mechlab.interventions.scoring import MetricLike, Scorer, scorer
 from mechlab.interventions.sweep import (
+    Plan,
     SitesLike,
     resolve,
     run_chunks,
@@ -52,7 +55,8 @@ from mechlab.interventions.sweep import (
     whole_sites,
 )
 from mechlab.progress import Progress
-from mechlab.types import HookedModel
+from mechlab.sites import Site
+from mechlab.types import HookedModel, Tokens
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -98,34 +102,23 @@ def patch(
     clean_tokens, corrupted_tokens, ablation, direction = split_pair(model, clean, corrupted, direction)
     plan = resolve(model, sites, pos_labels(model, clean_tokens[0]))
     score = scorer(metric, int(clean_tokens.shape[1]))
-    hook_sites = whole_sites(plan)
-    starts = [start_layer(v) for v in plan.variants]
     denoise = direction == "denoise"
     target_tokens = corrupted_tokens if denoise and corrupted_tokens is not None else clean_tokens
-    runner = Runner(
+    work = Patching(
         model,
+        plan,
+        score,
         target_tokens,
-        keep=hook_sites if ablation else [],
-        positions=score.positions,
-        resume_layers=[s for s in starts if s is not None],
+        None if ablation is not None else clean_tokens if denoise else corrupted_tokens,
+        ablation,
         prefix=0 if corrupted_tokens is None else shared_prefix(clean_tokens, corrupted_tokens),
     )
-    if ablation is not None:
-        sources = {s: ablation.source(runner.reference[s], s.pos_axis) for s in hook_sites}
+    runner, _, source_logits = work.state()
+    if source_logits is None:
         clean_logits, corrupted_logits = runner.logits, None
     else:
-        assert corrupted_tokens is not None
-        source = capture(model, clean_tokens if denoise else corrupted_tokens, hook_sites, max_bytes=None)
-        sources = {s: source[s] for s in hook_sites}
-        assert source.logits is not None
-        pair = (source.logits, runner.logits)
+        pair = (source_logits, runner.logits)
         clean_logits, corrupted_logits = pair if denoise else pair[::-1]
-
-    def evaluate(chunk: list[int], start: int | None) -> Tensor:
-        replacements = [[Replacement(s, sources[s.whole]) for s in plan.variants[i]] for i in chunk]
-        logits, _ = runner.run(replacements, start)
-        assert logits is not None
-        return score(logits)
 
     values = variant_values(plan, int(target_tokens.shape[0]))
     # Variants confined to the shared prefix change nothing: they score as the unpatched run.
@@ -134,7 +127,7 @@ def patch(
     }
     values[sorted(idle)] = score.baseline(runner.logits).to(values)
     todo = [i for i in range(len(plan.variants)) if i not in idle]
-    run_chunks(values, todo, starts, batch_size, evaluate, progress, executor)
+    run_chunks(values, todo, work.starts, batch_size, work, progress, executor)
     return PatchResult.from_plan(
         plan,
         values,
@@ -146,3 +139,64 @@ def patch(
         seconds=time.perf_counter() - started,
         mode=runner.mode,
     )
+
+
+@dataclasses.dataclass(eq=False)
+class Patching:
+    """The work of every ``patch`` task: score a batch of variants (``__call__``).
+
+    It holds what the sweep is (the model, the plan, the metric, the target run's tokens and where
+    the patched values come from), and builds the unpatched target run and the source activations
+    once per process (``state``), on first use: the driver builds them for the baselines and its
+    tasks reuse them; a worker elsewhere receives the description (pickled without them) and builds
+    its own copy.
+    """
+
+    model: HookedModel
+    plan: Plan
+    score: Scorer
+    target: Tokens
+    source: Tokens | None  # the run patched values come from; ``None``: the ablation of the target
+    ablation: Ablation | None
+    prefix: int
+    _state: tuple[Runner, dict[Site, Tensor], Tensor | None] | None = dataclasses.field(
+        default=None, repr=False
+    )
+
+    @property
+    def starts(self) -> list[int | None]:
+        return [start_layer(v) for v in self.plan.variants]
+
+    def state(self) -> tuple[Runner, dict[Site, Tensor], Tensor | None]:
+        """The target run, the source activations by whole site, and the source run's logits
+        (``None`` for an ablation)."""
+        if self._state is None:
+            hook_sites = whole_sites(self.plan)
+            runner = Runner(
+                self.model,
+                self.target,
+                keep=hook_sites if self.ablation else [],
+                positions=self.score.positions,
+                resume_layers=[s for s in self.starts if s is not None],
+                prefix=self.prefix,
+            )
+            if self.ablation is not None:
+                sources = {s: self.ablation.source(runner.reference[s], s.pos_axis) for s in hook_sites}
+                self._state = (runner, sources, None)
+            else:
+                assert self.source is not None
+                source = capture(self.model, self.source, hook_sites, max_bytes=None)
+                assert source.logits is not None
+                self._state = (runner, {s: source[s] for s in hook_sites}, source.logits)
+        return self._state
+
+    def __call__(self, chunk: list[int], start: int | None) -> Tensor:
+        """Scores ``[len(chunk), batch]`` of the variants ``chunk``, which change block ``start`` first."""
+        runner, sources, _ = self.state()
+        replacements = [[Replacement(s, sources[s.whole]) for s in self.plan.variants[i]] for i in chunk]
+        logits, _ = runner.run(replacements, start)
+        assert logits is not None
+        return self.score(logits)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_state": None}

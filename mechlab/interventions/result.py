@@ -19,6 +19,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlab.detectors.result import Interval, mean_interval
 from mechlab.errors import InputError
 from mechlab.interventions.sweep import Plan
 from mechlab.metrics import normalized_effect
@@ -174,6 +175,15 @@ class PatchResult:
     def delta(self) -> Tensor:
         """``patched - baseline``: how much patching moved the metric of the patched run."""
         return self.values - self.baseline
+
+    def delta_interval(self) -> Interval:
+        """Per cell, the mean over prompts of ``patched - unpatched`` (each prompt against its own
+        unpatched run) with a two-sided 95% Student-t interval: how sure a dataset-level effect is.
+        ``mean`` equals ``delta``; with one prompt, ``low == high == mean``."""
+        run = self.corrupted if self.direction == "denoise" else self.clean
+        assert run is not None
+        per_prompt = (self.per_prompt - run.to(self.per_prompt)).movedim(-1, 0)
+        return mean_interval(per_prompt)
 
     @property
     def effect(self) -> Tensor:

@@ -9,6 +9,7 @@ variants a forward-sized batch at a time, ordered by the first layer they change
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeAlias
 
 import torch
@@ -229,9 +230,7 @@ def run_chunks(
         for part in chunks([starts[i] for i in todo], int(values.shape[1]), batch_size)
     ]
     done = len(values) - len(todo)
-
-    def work(chunk: list[int]) -> Tensor:
-        return evaluate(chunk, chunk_start(starts, chunk)).to("cpu")
+    work = partial(evaluate_chunk, evaluate, list(starts))
 
     def arrived(index: int, result: Tensor) -> None:
         nonlocal done
@@ -241,6 +240,12 @@ def run_chunks(
             progress(SweepProgress(done, len(values)))
 
     resolve_executor(executor).map(work, parts, on_result=arrived)
+
+
+def evaluate_chunk(evaluate: Evaluate, starts: Sequence[int | None], chunk: list[int]) -> Tensor:
+    """The work of a ``run_chunks`` task: ``chunk``'s scores ``[len(chunk), batch]``, on the CPU.
+    A module-level function (with ``partial``), so the task's work pickles when ``evaluate`` does."""
+    return evaluate(chunk, chunk_start(starts, chunk)).to("cpu")
 
 
 def variant_values(plan: Plan, batch: int) -> Tensor:

@@ -22,6 +22,7 @@ from mechlab.errors import MSG_QUANTIZED_SOURCE, MSG_WEIGHTS_MODE, InputError
 from mechlab.models.info import ModelInfo
 from mechlab.models.sources import SourceRegistry
 from mechlab.models.sources.base import default_sources, resolve_source
+from mechlab.models.spec import ModelSpec, remember
 
 __all__ = ["WEIGHTS", "LoadedModel", "check_device", "default_sources", "load_model", "resolve_source"]
 
@@ -105,6 +106,8 @@ def load_model(
             target, source=source, device=device, dtype=dtype, status=status or _quiet
         )
     info = dataclasses.replace(info, load_seconds=round(time.perf_counter() - start, 3), weights=mode)
+    if sources is None:  # a model from the installed sources can be loaded again elsewhere by its spec
+        remember(model, ModelSpec(source, str(device), str(dtype).removeprefix("torch."), weights))
     return LoadedModel(model, getattr(model, "tokenizer", None), info)
 
 

@@ -25,11 +25,14 @@ def plot_text(text: str) -> str:
     return visible(text).replace("$", r"\$")
 
 
-def colored_tokens(tokens: Sequence[str], values: Sequence[float], *, fmt: str = "{:+.3f}") -> str:
-    """An inline run of tokens coloured by ``values`` (same length)."""
+def colored_tokens(
+    tokens: Sequence[str], values: Sequence[float], *, fmt: str = "{:+.3f}", bound: float | None = None
+) -> str:
+    """An inline run of tokens coloured by ``values`` (same length); full colour at ``bound``
+    (default: the largest magnitude shown), so several runs can share one scale."""
     if len(tokens) != len(values):
         raise ValueError(f"Got {len(tokens)} tokens but {len(values)} values.")
-    bound = max((abs(v) for v in values), default=0.0) or 1.0
+    bound = bound or max((abs(v) for v in values), default=0.0) or 1.0
     spans = []
     for token, value in zip(tokens, values, strict=True):
         alpha = min(abs(value) / bound, 1.0) * 0.85

@@ -12,6 +12,9 @@ One call generates a completion with the hooked model and explains one of its to
   knocked out (zero-ablated), checked by actually knocking out the highest-ranked heads;
 - attention patterns of the heads that matter most, and which known circuits (induction,
   previous-token, …) those heads belong to according to the detectors;
+- with ``saes=`` (``mechlab explain --sae DIR``): the sparse-autoencoder latents most active at the
+  explained position, their attribution (activation × gradient) and measured knock-out effect, and
+  their feature pages (``mechlab.report.latents``);
 - a reproducibility manifest.
 
 The result is an ``Explanation``; ``explanation.save("report.html")`` writes a self-contained
@@ -20,14 +23,18 @@ offline HTML report (``mechlab.report.page``).
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from mechlab.attribution.integrated_gradients import integrated_gradients
 from mechlab.attribution.result import Attribution
 from mechlab.detectors import DetectorReport
+from mechlab.dictionaries.sae import SAE
+from mechlab.dictionaries.site import attached, default_name, kind_name
 from mechlab.errors import InputError, MechlabError
 from mechlab.generation import Completion, generate
 from mechlab.interventions.attribution_patching import attribution_patch
@@ -42,6 +49,7 @@ from mechlab.readout.attention import AttentionView, attention_view
 from mechlab.readout.dla import DirectLogitAttribution, direct_logit_attribution
 from mechlab.readout.lens import LogitLens, logit_lens
 from mechlab.report.detector_cache import cached_detectors
+from mechlab.report.latents import SAEFindings, sae_findings
 from mechlab.report.manifest import manifest
 from mechlab.report.settings import STAGES, ExplainProgress, ExplainSettings
 from mechlab.sites import Site
@@ -85,6 +93,7 @@ class Explanation:
         detector_error: why detectors are missing, if they failed.
         verification: the fidelity check, when asked for.
         manifest: versions, model identity, settings and timings.
+        saes: one ``SAEFindings`` per SAE passed to ``explain(saes=...)`` (empty without).
     """
 
     completion: Completion
@@ -107,6 +116,7 @@ class Explanation:
     verification: VerifyReport | None
     settings: ExplainSettings
     manifest: dict[str, Any]
+    saes: tuple[SAEFindings, ...] = ()
 
     @property
     def target_names(self) -> tuple[str, str]:
@@ -225,6 +235,9 @@ def explain(
     *,
     settings: ExplainSettings | None = None,
     progress: Progress | None = None,
+    saes: Mapping[str, SAE] | Sequence[SAE] = (),
+    sae_corpus: Int[Tensor, "seq seq_pos"] | None = None,
+    sae_corpus_name: str = "the corpus",
 ) -> Explanation:
     """Generate a completion for ``prompt`` and explain one of its tokens (see the module doc).
 
@@ -233,6 +246,10 @@ def explain(
         prompt: the user's text (the chat template is applied when ``settings.chat``).
         settings: what to explain and how much work to spend (``ExplainSettings()``).
         progress: called with an ``ExplainProgress`` before each stage.
+        saes: sparse autoencoders of this model (by name, or a sequence named after their sites):
+            each adds a section on its latents at the explained position (``mechlab.report.latents``).
+        sae_corpus: token ids ``[n_seq, n_pos]`` whose top-activating contexts fill the latents'
+            feature pages (``None``: the explained context only); ``sae_corpus_name`` describes it.
 
     Raises:
         InputError: empty prompt, a prompt longer than the context, a target/contrast that is not
@@ -252,6 +269,7 @@ def explain(
         timings[stage] = round(time.perf_counter() - t0, 3)
         return value
 
+    named = _named_saes(hooked, saes)  # a wrong SAE fails before any work, as a bad --target does
     # Token checks come before any work, so a bad --target fails at once.
     target_id = single_token(hooked, settings.target) if settings.target is not None else None
     contrast_id = (
@@ -294,6 +312,12 @@ def explain(
         from mechlab.models.verify import verify
 
         verification = timed("verify", lambda: verify(loaded=loaded))
+    sae_sections: tuple[SAEFindings, ...] = ()
+    if named:
+        sae_sections = timed(
+            "SAE latents",
+            lambda: _sae_sections(hooked, context, target, named, settings, sae_corpus, sae_corpus_name),
+        )
     timings["total"] = round(time.perf_counter() - started, 3)
     return Explanation(
         completion=completion,
@@ -316,4 +340,51 @@ def explain(
         verification=verification,
         settings=settings,
         manifest=manifest(hooked, info, settings, timings),
+        saes=sae_sections,
     )
+
+
+def _named_saes(model: HookedModel, saes: Mapping[str, SAE] | Sequence[SAE]) -> list[tuple[str, SAE]]:
+    """The SAEs with their site-kind names, each checked against the model (site, width, name) by
+    attaching and detaching it, so a wrong SAE fails before any work."""
+    named = (
+        [(kind_name(name), sae) for name, sae in saes.items()]
+        if isinstance(saes, Mapping)
+        else [(default_name(sae), sae) for sae in saes]
+    )
+    names = [name for name, _ in named]
+    if len(set(names)) != len(names):
+        raise InputError(
+            f"Two SAEs share a name ({', '.join(names)}); pass them as {{name: sae}} with distinct names."
+        )
+    for name, sae in named:
+        with attached(model, sae, name=name):
+            pass
+    return named
+
+
+def _sae_sections(
+    model: HookedModel,
+    context: Tokens,
+    target: Target,
+    named: list[tuple[str, SAE]],
+    settings: ExplainSettings,
+    corpus: Int[Tensor, "seq seq_pos"] | None,
+    corpus_name: str,
+) -> tuple[SAEFindings, ...]:
+    """Each SAE attached for the call (detached after, also on an error) and its findings."""
+    found = []
+    for name, sae in named:
+        with attached(model, sae, name=name) as kind:
+            found.append(
+                sae_findings(
+                    model,
+                    context,
+                    target,
+                    kind,
+                    top=settings.top_latents,
+                    corpus=corpus,
+                    corpus_name=corpus_name,
+                )
+            )
+    return tuple(found)

@@ -4,8 +4,9 @@ Sections, in reading order: how to read the page; what the model saw and said; t
 explained; which prompt tokens pushed it (Integrated Gradients); when the answer formed (logit
 lens); which components wrote it (direct logit attribution); which heads matter (attribution
 patching, checked by knocking the heads out); where those heads look (attention); which known
-circuits they belong to (detectors); fidelity; the reproducibility manifest. Each method's own
-``add_to`` renders its section, so the report shows exactly what the notebooks show.
+circuits they belong to (detectors); with ``--sae``, which dictionary latents are active and
+their feature pages (``mechlab.report.latents``); fidelity; the reproducibility manifest. Each
+method's own ``add_to`` renders its section, so the report shows exactly what the notebooks show.
 """
 
 import json
@@ -14,6 +15,7 @@ from typing import Any
 from mechlab.render.html import escape
 from mechlab.render.page import Page
 from mechlab.render.tokens import visible
+from mechlab.report.latents import add_sae_sections
 
 HOW_TO_READ = (
     "Each section answers one question about the explained token, always measured on the same "
@@ -189,6 +191,8 @@ def report_page(ex: Any, *, id_prefix: str | None = None) -> Page:
     _heads_section(page, ex)
     ex.attention.add_to(page, title="Where those heads look", static=True)
     _detectors_section(page, ex)
+    if ex.saes:
+        add_sae_sections(page, ex.saes)
     _fidelity_section(page, ex)
     _manifest_section(page, ex)
     return page

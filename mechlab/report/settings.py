@@ -14,6 +14,7 @@ STAGES: tuple[str, ...] = (
     "knocking out top heads",
     "attention patterns",
     "verify",
+    "SAE latents",
 )
 
 
@@ -34,6 +35,7 @@ class ExplainSettings:
         detectors: detectors to run (empty: none); results are cached per model file.
         detector_samples: random sequences per detector.
         verify: also check the hooked model against an independent transformers reference.
+        top_latents: with SAEs, how many latents (by activation, and by attribution) each lists.
     """
 
     chat: bool = False
@@ -48,6 +50,7 @@ class ExplainSettings:
     detectors: tuple[str, ...] = DEFAULT_DETECTORS
     detector_samples: int = 8
     verify: bool = False
+    top_latents: int = 8
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,13 +60,14 @@ class ExplainSettings:
             "top_heads": 1 <= self.top_heads <= 64,
             "ig_steps": self.ig_steps >= 8,
             "detector_samples": self.detector_samples >= 2,
+            "top_latents": 1 <= self.top_latents <= 64,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(
                     f"ExplainSettings.{name}={getattr(self, name)!r} is out of range: max_new_tokens ≥ 1, "
                     "temperature ≥ 0, 0 ≤ step < max_new_tokens, 1 ≤ top_heads ≤ 64, ig_steps ≥ 8, "
-                    "detector_samples ≥ 2."
+                    "detector_samples ≥ 2, 1 ≤ top_latents ≤ 64."
                 )
         if self.contrast is not None and self.contrast == self.target:
             raise ValueError("target and contrast are the same token; choose two different tokens.")

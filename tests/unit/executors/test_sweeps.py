@@ -165,14 +165,19 @@ def test_probes_fit_each_layer_as_a_task() -> None:
     assert float(here.accuracy[-1]) > 0.8 and abs(float(here.accuracy[0]) - 0.5) < 0.2
 
 
-def test_train_probes_hands_its_executor_to_the_fits(tiny) -> None:
-    model = _CharModel(tiny.model)
+def letters() -> ProbeDataset:
+    """48 random 5-letter texts labelled by whether the last letter is before "n"."""
     generator = torch.Generator().manual_seed(3)
     texts = [
         "".join(chr(ord("a") + int(i)) for i in torch.randint(0, 26, (5,), generator=generator))
         for _ in range(48)
     ]
-    data = ProbeDataset.from_lists(texts, ["early" if t[-1] < "n" else "late" for t in texts])
+    return ProbeDataset.from_lists(texts, ["early" if t[-1] < "n" else "late" for t in texts])
+
+
+def test_train_probes_hands_its_executor_to_the_fits(tiny) -> None:
+    model = _CharModel(tiny.model)
+    data = letters()
     last_first = LastFirst()
     here = train_probes(model, data, batch_size=16)  # type: ignore[arg-type]
     there = train_probes(model, data, batch_size=16, executor=last_first)  # type: ignore[arg-type]

@@ -1,0 +1,407 @@
+"""The attribution graph as one offline interactive HTML page, and as circuit-tracer-style JSON.
+
+The page (``graph_page``) draws the pruned graph with inline SVG: input tokens along the bottom,
+one row per layer above them (features as circles, error nodes as squares), the logit nodes on top;
+a node's column is its position. Edges are drawn with width proportional to their weight (blue
+positive, red negative). Hovering a node shows its values; clicking it shows its card (feature:
+activation, influence, the tokens its decoder promotes and suppresses through the unembedding and,
+with a corpus, its top-activating contexts from ``mechlab.dictionaries.features``) and its strongest
+incoming and outgoing edges. A legend explains the replacement and completeness scores and the
+intervention agreement. All data travels as JSON made safe for ``<script>`` (``script_json``); the
+page loads nothing from the network (``mechlab.render.page``'s Content-Security-Policy).
+
+``graph_json`` writes the node/link layout of circuit-tracer's graph files (``metadata``,
+``nodes`` with ``node_id``/``feature_type``/``layer``/``ctx_idx``/``influence``/``activation``,
+``links`` with ``source``/``target``/``weight``), so tools reading those can read mechlab graphs.
+"""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechlab.dictionaries.features import FeatureReport, feature_pages
+from mechlab.dictionaries.transcoder import Transcoder, encoder_view
+from mechlab.files import atomic_write
+from mechlab.graphs.attribution import _label
+from mechlab.graphs.graph import AttributionGraph
+from mechlab.graphs.prune import PruneResult, graph_scores, prune_graph
+from mechlab.graphs.verify import Verification
+from mechlab.render.html import escape, table
+from mechlab.render.page import Page, Section, script_json
+from mechlab.render.tokens import visible
+from mechlab.types import HookedModel
+
+LEGEND = (
+    "Replacement score: of the influence reaching the output from input tokens and error nodes, the "
+    "share carried by tokens, i.e. flowing through features rather than unexplained error (1 = no "
+    "error on any path). Completeness score: the share of each node's input that comes from features "
+    "and tokens rather than error nodes, weighted by the node's influence on the output. "
+    "Intervention agreement r: Pearson's correlation between the change of the output the graph "
+    "predicts when a top feature is ablated and the change measured in the real model."
+)
+
+_STYLE = """
+#graph-scroll{overflow-x:auto;max-height:80vh;overflow-y:auto}
+#graph-svg{border:1px solid #ddd;background:#fff;max-width:none}
+#graph-detail{font-size:.9em;margin-top:8px}#graph-hover{min-height:1.5em;color:#333;font-size:.9em}
+.gnode{cursor:pointer}.gnode.sel{stroke:#000;stroke-width:2.5px}
+"""
+
+_SCRIPT = """
+(function(){var G=__DATA__;var svg=document.getElementById('graph-svg');
+var NS='http://www.w3.org/2000/svg';
+var W=Math.max(640,90*G.n_pos+80),H=70*(G.n_layers+2)+40;svg.setAttribute('width',W);
+svg.setAttribute('height',H);
+function xy(n){var slot=n.slot||0,k=n.slots||1;
+var x=50+90*n.pos+(k>1?(slot-(k-1)/2)*Math.min(14,70/k):0);
+return [x,H-30-70*(n.row+1)];}
+var pos={};G.nodes.forEach(function(n){pos[n.id]=xy(n);});
+var mx=0;G.links.forEach(function(l){mx=Math.max(mx,Math.abs(l.weight));});
+G.links.forEach(function(l){var a=pos[l.source],b=pos[l.target];
+var e=document.createElementNS(NS,'line');
+e.setAttribute('x1',a[0]);e.setAttribute('y1',a[1]);e.setAttribute('x2',b[0]);
+e.setAttribute('y2',b[1]);
+e.setAttribute('stroke',l.weight>0?'#1f77b4':'#d62728');e.setAttribute('stroke-opacity','0.45');
+e.setAttribute('stroke-width',0.5+4*Math.abs(l.weight)/(mx||1));svg.appendChild(e);});
+G.token_labels.forEach(function(t,i){var e=document.createElementNS(NS,'text');
+e.setAttribute('x',50+90*i);
+e.setAttribute('y',H-8);e.setAttribute('text-anchor','middle');e.setAttribute('font-size','11');
+e.textContent=t;svg.appendChild(e);});
+var hover=document.getElementById('graph-hover'),detail=document.getElementById('graph-detail');
+function text(n){return n.label+' | '+n.kind+(n.kind==='feature'?' | activation '+n.activation.toFixed(3):'')+
+' | influence '+n.influence.toFixed(3);}
+function show(n){var prev=svg.querySelector('.sel');if(prev)prev.classList.remove('sel');
+document.getElementById('gn-'+n.id).classList.add('sel');detail.textContent='';
+var h=document.createElement('h3');h.textContent=text(n);detail.appendChild(h);
+var card=document.getElementById('card-'+n.id);if(card){var c=card.cloneNode(true);c.hidden=false;
+c.removeAttribute('id');detail.appendChild(c);}
+[['Strongest incoming edges','target','source'],['Strongest outgoing edges','source','target']]
+.forEach(function(s){
+var rows=G.links.filter(function(l){return l[s[1]]===n.id;
+}).sort(function(a,b){return Math.abs(b.weight)-Math.abs(a.weight);}).slice(0,8);
+var p=document.createElement('p');p.textContent=s[0]+(rows.length?':':': none');
+detail.appendChild(p);var ul=document.createElement('ul');
+rows.forEach(function(l){var li=document.createElement('li');
+li.textContent=G.labels[l[s[2]]]+'  '+l.weight.toFixed(4);ul.appendChild(li);});
+detail.appendChild(ul);});}
+G.nodes.forEach(function(n){var p=pos[n.id],e;
+if(n.kind==='error'){e=document.createElementNS(NS,'rect');
+e.setAttribute('x',p[0]-5);e.setAttribute('y',p[1]-5);e.setAttribute('width',10);
+e.setAttribute('height',10);}
+else{e=document.createElementNS(NS,'circle');e.setAttribute('cx',p[0]);e.setAttribute('cy',p[1]);
+e.setAttribute('r',n.kind==='logit'?9:n.kind==='token'?6:7);}
+e.setAttribute('fill',{feature:'#ffbb78',error:'#aaaaaa',token:'#98df8a',logit:'#c5b0d5'}[n.kind]);
+e.setAttribute('stroke','#444');e.setAttribute('class','gnode');e.setAttribute('id','gn-'+n.id);
+e.setAttribute('data-node',n.id);
+var t=document.createElementNS(NS,'title');t.textContent=text(n);e.appendChild(t);
+e.addEventListener('mouseenter',function(){hover.textContent=text(n);});
+e.addEventListener('click',function(){show(n);});
+svg.appendChild(e);});
+if(G.nodes.length){show(G.nodes.filter(function(n){return n.kind==='logit';})[0]||G.nodes[0]);}})();
+"""
+
+
+def _node_label(graph: AttributionGraph, index: int, names: Mapping[int, str]) -> str:
+    kind = graph.node_kind(index)
+    if kind == "feature":
+        layer, pos, feature = (int(v) for v in graph.active_features[index])
+        name = names.get(index, "")
+        return f"L{layer} F{feature} @{pos}" + (f" {name}" if name else "")
+    if kind == "error":
+        offset = index - graph.error_start
+        return f"error L{offset // graph.n_pos} @{offset % graph.n_pos}"
+    if kind == "token":
+        pos = index - graph.token_start
+        return f"token {graph.token_strings[pos]!r} @{pos}"
+    return f"logit {graph.logit_labels[index - graph.logit_start]!r}"
+
+
+def logit_effects(
+    model: HookedModel, transcoders: Mapping[int, Transcoder], graph: AttributionGraph, k: int = 5
+) -> dict[int, tuple[list[tuple[str, float]], list[tuple[str, float]]]]:
+    """For each feature node: the tokens its decoder row promotes and suppresses most through the
+    unembedding (``W_dec[f] @ W_U``, no final norm, as feature dashboards compute it)."""
+    w_u = model.W_U.detach().float().cpu()  # type: ignore[attr-defined]
+    out = {}
+    for index in range(graph.n_features):
+        layer, _, feature = (int(v) for v in graph.active_features[index])
+        effect = transcoders[layer].W_dec[feature].detach().float().cpu() @ w_u
+        up, down = torch.topk(effect, k), torch.topk(-effect, k)
+        out[index] = (
+            [(_label(model, int(t)), float(v)) for v, t in zip(up.values, up.indices, strict=True)],
+            [(_label(model, int(t)), -float(v)) for v, t in zip(down.values, down.indices, strict=True)],
+        )
+    return out
+
+
+def feature_reports(
+    model: HookedModel,
+    transcoders: Mapping[int, Transcoder],
+    graph: AttributionGraph,
+    pruned: PruneResult,
+    tokens: Tensor,
+    *,
+    contexts: int = 5,
+) -> dict[int, FeatureReport]:
+    """Feature pages (top-activating contexts over the corpus windows ``tokens``) of the features
+    kept in the pruned graph, one report per layer (``mechlab.dictionaries.features``)."""
+    kept = pruned.node_mask[: graph.n_features].nonzero(as_tuple=True)[0]
+    wanted: dict[int, set[int]] = {}
+    for index in kept.tolist():
+        layer, _, feature = (int(v) for v in graph.active_features[index])
+        wanted.setdefault(layer, set()).add(feature)
+    return {
+        layer: feature_pages(
+            model,
+            encoder_view(transcoders[layer]),
+            tokens,
+            latents=sorted(features),
+            contexts=contexts,
+            logits=0,
+            name=f"tc{layer}",
+        )
+        for layer, features in sorted(wanted.items())
+    }
+
+
+def graph_data(
+    graph: AttributionGraph, pruned: PruneResult, names: Mapping[int, str] | None = None
+) -> dict[str, Any]:
+    """The pruned graph as plain data: nodes (with row/column layout), links, labels."""
+    names = names or {}
+    from mechlab.graphs.prune import node_influence
+
+    influence = node_influence(graph)
+    kept = pruned.node_mask.nonzero(as_tuple=True)[0].tolist()
+    nodes = []
+    for index in kept:
+        kind = graph.node_kind(index)
+        if kind == "feature":
+            layer, pos = int(graph.active_features[index, 0]), int(graph.active_features[index, 1])
+        elif kind == "error":
+            layer, pos = divmod(index - graph.error_start, graph.n_pos)
+        elif kind == "token":
+            layer, pos = -1, index - graph.token_start
+        else:
+            layer, pos = graph.n_layers, graph.n_pos - 1
+        nodes.append(
+            {
+                "id": index,
+                "kind": kind,
+                "row": layer + 1 if kind != "logit" else graph.n_layers + 1,
+                "pos": pos,
+                "label": _node_label(graph, index, names),
+                "activation": float(graph.activation_values[index]) if kind == "feature" else 0.0,
+                "influence": float(influence[index] if kind != "logit" else graph.logit_weights()[index]),
+            }
+        )
+    # Spread nodes sharing a (row, pos) cell side by side.
+    cells: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for node in nodes:
+        cells.setdefault((node["row"], node["pos"]), []).append(node)
+    for members in cells.values():
+        for slot, node in enumerate(members):
+            node["slot"], node["slots"] = slot, len(members)
+    targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
+    links = [
+        {"source": int(s), "target": int(t), "weight": float(graph.adjacency[t, s])}
+        for t, s in zip(targets.tolist(), sources.tolist(), strict=True)
+    ]
+    return {
+        "n_pos": graph.n_pos,
+        "n_layers": graph.n_layers,
+        "nodes": nodes,
+        "links": links,
+        "labels": {str(n["id"]): n["label"] for n in nodes},
+        "token_labels": [visible(t) for t in graph.token_strings],
+    }
+
+
+def _card(
+    graph: AttributionGraph,
+    index: int,
+    effects: Mapping[int, tuple[list[tuple[str, float]], list[tuple[str, float]]]],
+    reports: Mapping[int, FeatureReport],
+) -> str:
+    layer, pos, feature = (int(v) for v in graph.active_features[index])
+    parts = [f'<div class="card" id="card-{index}" hidden>']
+    if index in effects:
+        up, down = effects[index]
+        rows = [
+            (visible(a), f"{av:+.3f}", visible(b), f"{bv:+.3f}")
+            for (a, av), (b, bv) in zip(up, down, strict=True)
+        ]
+        parts.append(
+            table(["promoted", "effect", "suppressed", "effect"], rows, caption="Decoder row through W_U")
+        )
+    report = reports.get(layer)
+    if report is not None:
+        try:
+            page_feature = report[feature]
+        except (KeyError, IndexError, ValueError):
+            page_feature = None
+        if page_feature is not None:
+            section = Section("feature")
+            page_feature.add_to(section, anchor=f"feature-{layer}-{feature}")
+            parts.extend(block.markup for block in section.blocks if block.widget is None)
+    parts.append(f'<p class="note">layer {layer}, position {pos}, feature {feature}</p></div>')
+    return "".join(parts)
+
+
+def graph_page(
+    graph: AttributionGraph,
+    *,
+    pruned: PruneResult | None = None,
+    verification: Verification | None = None,
+    effects: Mapping[int, tuple[list[tuple[str, float]], list[tuple[str, float]]]] | None = None,
+    reports: Mapping[int, FeatureReport] | None = None,
+    id_prefix: str | None = None,
+) -> Page:
+    """The interactive page of ``graph`` (pruned with circuit-tracer's defaults unless given).
+
+    ``effects``: ``logit_effects(...)`` for feature cards; ``reports``: feature pages per layer
+    (``mechlab.dictionaries.features.feature_pages`` of each layer's transcoder) for top contexts.
+    """
+    pruned = pruned if pruned is not None else prune_graph(graph)
+    effects = effects or {}
+    names = {i: f"→ {visible(up[0][0])}" for i, (up, _) in effects.items() if up}
+    replacement, completeness = graph_scores(graph)
+    page = Page(
+        f"Attribution graph: {graph.prompt}",
+        subtitle=f"Model {graph.model_name}".strip(),
+        id_prefix=id_prefix,
+    )
+    scores = page.section("Scores", LEGEND)
+    rows: list[tuple[str, str]] = [
+        ("replacement score", f"{replacement:.3f}"),
+        ("completeness score", f"{completeness:.3f}"),
+        ("intervention agreement r", "not measured" if verification is None else f"{verification.r:.3f}"),
+        (
+            "r of the direct edges alone",
+            "not measured" if verification is None else f"{verification.r_direct:.3f}",
+        ),
+        (
+            "feature nodes (kept / computed / active)",
+            f"{int(pruned.node_mask[: graph.n_features].sum())} / {graph.n_features} / {graph.n_active}",
+        ),
+        ("edges kept", f"{int(pruned.edge_mask.sum())}"),
+    ]
+    scores.html('<div id="graph-scores">' + table(["score", "value"], rows) + "</div>")
+    logits = [
+        (visible(label), f"{float(p):.3f}")
+        for label, p in zip(graph.logit_labels, graph.logit_probabilities, strict=True)
+    ]
+    scores.table(["logit node", "weight (probability)"], logits)
+    view = page.section(
+        "Graph",
+        "Tokens at the bottom, one row per layer (circles: features, squares: error nodes), logits on top. "
+        "Hover a node for its values; click it for its card and strongest edges.",
+    )
+    data = graph_data(graph, pruned, names)
+    cards = "".join(
+        _card(graph, n["id"], effects, reports or {}) for n in data["nodes"] if n["kind"] == "feature"
+    )
+    view.html(
+        f"<style>{_STYLE}</style>"
+        '<div id="graph-hover"></div><div id="graph-scroll"><svg id="graph-svg" role="img" '
+        'aria-label="attribution graph"></svg></div><div id="graph-detail"></div>'
+        f'<div id="graph-cards">{cards}</div>'
+        "<script>" + _SCRIPT.replace("__DATA__", script_json(data)) + "</script>"
+    )
+    if verification is not None:
+        section = page.section("Verification", "Top features ablated in the real model.")
+        section.table(
+            ["node", "predicted Δ", "measured Δ", "direct edge Δ"],
+            [
+                (escape(_node_label(graph, n, names)), f"{p:+.4f}", f"{m:+.4f}", f"{d:+.4f}")
+                for n, p, m, d in zip(
+                    verification.nodes,
+                    verification.predicted,
+                    verification.measured,
+                    verification.direct,
+                    strict=True,
+                )
+            ],
+        )
+    return page
+
+
+def graph_json(
+    graph: AttributionGraph, pruned: PruneResult | None = None, *, slug: str = "graph"
+) -> dict[str, Any]:
+    """The pruned graph in circuit-tracer's graph-file layout (see the module docstring)."""
+    pruned = pruned if pruned is not None else prune_graph(graph)
+    from mechlab.graphs.prune import node_influence
+
+    influence = node_influence(graph)
+    ids: dict[int, str] = {}
+    nodes = []
+    for index in pruned.node_mask.nonzero(as_tuple=True)[0].tolist():
+        kind = graph.node_kind(index)
+        node: dict[str, Any] = {"influence": float(influence[index]), "run_idx": 0, "is_target_logit": False}
+        if kind == "feature":
+            layer, pos, feature = (int(v) for v in graph.active_features[index])
+            ids[index] = f"{layer}_{feature}_{pos}"
+            node.update(
+                feature=feature,
+                layer=str(layer),
+                ctx_idx=pos,
+                feature_type="cross layer transcoder",
+                activation=float(graph.activation_values[index]),
+            )
+        elif kind == "error":
+            layer, pos = divmod(index - graph.error_start, graph.n_pos)
+            ids[index] = f"{layer}_error_{pos}"
+            node.update(feature=None, layer=str(layer), ctx_idx=pos, feature_type="mlp reconstruction error")
+        elif kind == "token":
+            pos = index - graph.token_start
+            ids[index] = f"E_{int(graph.input_tokens[pos])}_{pos}"
+            node.update(feature=None, layer="E", ctx_idx=pos, feature_type="embedding")
+        else:
+            k = index - graph.logit_start
+            token = int(graph.logit_tokens[k])
+            ids[index] = f"{graph.n_layers}_{token}_{graph.n_pos - 1}"
+            node.update(
+                feature=token,
+                layer=str(graph.n_layers),
+                ctx_idx=graph.n_pos - 1,
+                feature_type="logit",
+                token_prob=float(graph.logit_probabilities[k]),
+                is_target_logit=k == 0,
+                clerp=f"output {graph.logit_labels[k]!r} (p={float(graph.logit_probabilities[k]):.3f})",
+            )
+        node.update(
+            node_id=ids[index], jsNodeId=ids[index], reverse_ctx_idx=graph.n_pos - 1 - node["ctx_idx"]
+        )
+        nodes.append(node)
+    targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
+    links = [
+        {"source": ids[s], "target": ids[t], "weight": float(graph.adjacency[t, s])}
+        for t, s in zip(targets.tolist(), sources.tolist(), strict=True)
+    ]
+    replacement, completeness = graph_scores(graph)
+    metadata = {
+        "slug": slug,
+        "scan": graph.model_name,
+        "prompt": graph.prompt,
+        "prompt_tokens": list(graph.token_strings),
+        "replacement_score": replacement,
+        "completeness_score": completeness,
+    }
+    return {
+        "metadata": metadata,
+        "qParams": {"pinnedIds": [], "supernodes": []},
+        "nodes": nodes,
+        "links": links,
+    }
+
+
+def save_graph_json(graph: AttributionGraph, path: str | Path, pruned: PruneResult | None = None) -> Path:
+    """Write ``graph_json`` to ``path`` atomically."""
+    return atomic_write(
+        Path(path), json.dumps(graph_json(graph, pruned, slug=Path(path).stem), indent=1) + "\n"
+    )

@@ -1,0 +1,115 @@
+"""Transcoders: training on a toy model, evaluation, and the three file layouts."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import mechlab
+from mechlab.dictionaries.train import TrainConfig
+from mechlab.dictionaries.transcoder import Transcoder, load_transcoder, load_transcoders, transcoder_config
+from mechlab.dictionaries.transcoder_train import evaluate_transcoders, train_transcoders
+from mechlab.errors import InputError
+
+
+def _tc(seed: int = 0, *, skip: bool = True) -> Transcoder:
+    tc = Transcoder(transcoder_config(8, 1, 16, architecture="relu", k=None), skip=skip, seed=seed)
+    with torch.no_grad():
+        if tc.W_skip is not None:
+            tc.W_skip.copy_(torch.randn(8, 8, generator=torch.Generator().manual_seed(seed)))
+        tc.b_enc.fill_(0.05)
+    return tc
+
+
+def test_forward_adds_the_skip_connection() -> None:
+    tc = _tc()
+    x = torch.randn(3, 8)
+    assert tc.W_skip is not None
+    torch.testing.assert_close(tc(x), tc.decode(tc.encode(x)) + x @ tc.W_skip)
+    with pytest.raises(InputError, match="site_out=None"):
+        Transcoder(transcoder_config(8, 1, 16, k=4).replace(site_out=None, d_out=None))
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    tc = _tc()
+    tc.save(tmp_path / "layer_1")
+    back = load_transcoder(tmp_path / "layer_1")
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(back(x), tc(x))
+    assert back.layer == 1 and back.cfg.site_out == "mlp_out.1"
+    assert list(load_transcoders(tmp_path)) == [1]
+
+
+def test_reads_circuit_tracer_and_gemma_scope_2_files(tmp_path: Path) -> None:
+    tc = _tc(seed=2)
+    x = torch.randn(5, 8)
+    assert tc.W_skip is not None
+    # circuit-tracer's ReLU layout: W_enc [d_sae, d_model], W_dec [d_sae, d_model], x @ W_skip.T
+    save_file(
+        {
+            "W_enc": tc.W_enc.detach().T.contiguous(),
+            "W_dec": tc.W_dec.detach().clone(),
+            "b_enc": tc.b_enc.detach(),
+            "b_dec": tc.b_dec.detach(),
+            "W_skip": tc.W_skip.detach().T.contiguous(),
+        },
+        str(tmp_path / "layer_1.safetensors"),
+    )
+    ct = load_transcoder(tmp_path / "layer_1.safetensors")
+    torch.testing.assert_close(ct(x), tc(x))
+    # Gemma Scope 2: params.safetensors with lower-case names, JumpReLU threshold, x @ w_skip
+    gemma = tmp_path / "gs" / "layer_1"
+    gemma.mkdir(parents=True)
+    threshold = torch.full((16,), 0.02)
+    save_file(
+        {
+            "w_enc": tc.W_enc.detach(),
+            "w_dec": tc.W_dec.detach(),
+            "b_enc": tc.b_enc.detach(),
+            "b_dec": tc.b_dec.detach(),
+            "threshold": threshold,
+            "w_skip": tc.W_skip.detach(),
+        },
+        str(gemma / "params.safetensors"),
+    )
+    gs = load_transcoder(gemma)
+    pre = tc.pre_activation(x)
+    expected = tc.decode(torch.where(pre > threshold, pre, 0.0)) + x @ tc.W_skip
+    torch.testing.assert_close(gs(x), expected)
+    assert gs.cfg.architecture == "jumprelu" and gs.layer == 1
+    unnamed = tmp_path / "weights"
+    unnamed.mkdir()
+    (unnamed / "params.safetensors").write_bytes((gemma / "params.safetensors").read_bytes())
+    with pytest.raises(InputError, match="layer_N"):
+        load_transcoder(unnamed)  # Gemma Scope 2 files do not say their layer
+    assert load_transcoder(unnamed, layer=1).layer == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no transcoders"):
+        load_transcoders(tmp_path / "empty")
+
+
+def test_training_explains_the_mlp_output() -> None:
+    model = mechlab.load_model("toy:tiny").model
+    tokens = torch.randint(0, 50, (256, 16), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(
+        architecture="topk",
+        d_sae=128,
+        k=16,
+        n_tokens=40_000,
+        batch_size=256,
+        lr=3e-3,
+        buffer_rows=4096,
+        context=16,
+        dead_after_tokens=10_000,
+    )
+    transcoders = train_transcoders(model, tokens, config)
+    held = torch.randint(0, 50, (16, 16), generator=torch.Generator().manual_seed(1))
+    result = evaluate_transcoders(model, transcoders, held)
+    untrained = evaluate_transcoders(
+        model, {layer: Transcoder(transcoder_config(32, layer, 128, k=16)) for layer in (0, 1)}, held
+    )
+    assert all(result.fve[layer] > 0.5 for layer in (0, 1)), result.summary()
+    assert all(untrained.fve[layer] < 0.2 for layer in (0, 1))
+    assert all(10 < result.l0[layer] <= 16 for layer in (0, 1))
+    assert abs(result.ce_replaced - result.ce_clean) < abs(untrained.ce_replaced - result.ce_clean)
