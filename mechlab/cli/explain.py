@@ -98,6 +98,9 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
             sae_corpus=corpus,
             sae_corpus_name="the offline corpus (train split)",
         )
+        if args.fix:
+            bar.update(task, description="fix")
+            explanation = explanation.with_fix(loaded)
     path = explanation.save(out)
     summary = explanation.to_dict()
     if summary_path is not None:
@@ -123,6 +126,9 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     )
     heads = ", ".join(f"{h.label} {h.ablation:+.2f}" for h in explanation.heads[:4])
     console.print(f"Heads that matter (drop in logit difference when knocked out): {heads}")
+    if explanation.fix is not None:
+        console.print(escape(explanation.fix.summary()))
+        console.print(f"Write it for llama.cpp and Ollama: {escape(explanation.fix.command)}")
     for found in explanation.saes:
         latents = ", ".join(f"{f.latent} {f.attribution:+.2f}" for f in found.latents[:4])
         console.print(
@@ -240,6 +246,12 @@ def add_parsers(add: Add) -> None:
         help="offline-corpus tokens read for the latents' feature pages (0: the explained context only)",
     )
     p.add_argument("--sae-context", type=positive_int, default=128, help="tokens per corpus window")
+    p.add_argument(
+        "--fix",
+        action="store_true",
+        help="add a section with the explained preference's readout direction mean-ablated: the logit "
+        "difference before and after, the KL on neutral text, and the `mechlab bake` command that writes it",
+    )
     p.add_argument(
         "--verify",
         action="store_true",

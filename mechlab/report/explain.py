@@ -117,6 +117,7 @@ class Explanation:
     settings: ExplainSettings
     manifest: dict[str, Any]
     saes: tuple[SAEFindings, ...] = ()
+    fix: Any = None  # a mechlab.report.fix.FixFinding (``with_fix``)
 
     @property
     def target_names(self) -> tuple[str, str]:
@@ -128,6 +129,15 @@ class Explanation:
         from mechlab.report.page import report_page
 
         return report_page(self, id_prefix=id_prefix)
+
+    def with_fix(self, loaded: Any) -> "Explanation":
+        """This explanation with the fix section (``mechlab explain --fix``): the explained preference's
+        readout direction mean-ablated, measured with hooks (``mechlab.report.fix``)."""
+        from mechlab.report.fix import fix_finding
+
+        source = str(self.manifest["model"].get("source", "SOURCE"))
+        found = fix_finding(loaded.model, self.context, self.chosen_text, self.contrast_text, source)
+        return dataclasses.replace(self, fix=found)
 
     def save(self, path: Any, *, id_prefix: str | None = None) -> Any:
         """Write the self-contained HTML report to ``path`` (atomically); returns the path."""

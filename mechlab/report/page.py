@@ -193,6 +193,10 @@ def report_page(ex: Any, *, id_prefix: str | None = None) -> Page:
     _detectors_section(page, ex)
     if ex.saes:
         add_sae_sections(page, ex.saes)
+    if ex.fix is not None:
+        from mechlab.report.fix import add_fix_section
+
+        add_fix_section(page, ex.fix)
     _fidelity_section(page, ex)
     _manifest_section(page, ex)
     return page

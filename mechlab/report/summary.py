@@ -43,5 +43,6 @@ def summary_dict(ex: Any) -> dict[str, Any]:
         else {name: [str(s) for s in result.top(5)] for name, result in ex.detectors.items()},
         "verification": None if ex.verification is None else ex.verification.to_dict(),
         "saes": [findings.to_dict() for findings in ex.saes],
+        "fix": None if ex.fix is None else ex.fix.to_dict(),
         "manifest": ex.manifest,
     }
