@@ -45,12 +45,12 @@ def _bake_rows(
     name: str,
     out: Path,
     types: tuple[str | None, ...],
+    stated_before: float,
     values: dict | None = None,
 ) -> None:
     pronouns = mechlab.load_pronoun_set()
     neutral = loaded.model.to_tokens(mechlab.neutral_text())[0]
     source = Path(str(loaded.info.path))
-    stated_before = _stated_gap(loaded.model, source, pronouns)
     for write_type in types:
         label = f"{name}, edited tensors {write_type or 'in their own type'}"
         start = time.perf_counter()
@@ -128,11 +128,12 @@ def main() -> None:
         )
         print(f"\nControl vector {path.name} ({vector.summary()}):\n  {check.summary()}")
         types = (None, "Q8_0") if args.own_type else ("Q8_0",)
-        _bake_rows(loaded, direction, f"{args.pairs}-L{args.layer}, projection", out, types)
+        stated = _stated_gap(model, Path(str(loaded.info.path)), pronouns)
+        _bake_rows(loaded, direction, f"{args.pairs}-L{args.layer}, projection", out, types, stated)
         readout = mechlab.directions.from_readout(model, pronouns.positive, pronouns.negative)
         values = mechlab.mean_values(model, readout.vector, mechlab.neutral_text().splitlines())
         values = mechlab.calibrate(model, readout.vector, values, pronouns.behaviour("train"))
-        _bake_rows(loaded, readout, "readout, mean ablation calibrated", out, types, values)
+        _bake_rows(loaded, readout, "readout, mean ablation calibrated", out, types, stated, values)
 
 
 if __name__ == "__main__":

@@ -87,12 +87,7 @@ class PronounSet:
                 name="pronouns:occupation",
             )
         if kind == "gendered":
-            female, male = self.gendered["female"], self.gendered["male"]
-            return Pairs(
-                tuple(t.format(w) for t in self.templates for w in female),
-                tuple(t.format(w) for t in self.templates for w in male),
-                name="pronouns:gendered",
-            )
+            return Pairs(self.stated("female").prompts, self.stated("male").prompts, name="pronouns:gendered")
         raise InputError(f"Unknown pair kind {kind!r}; choose one of {', '.join(PAIR_KINDS)}.")
 
 
