@@ -28,13 +28,13 @@ PROMPT = "The Eiffel Tower is located in the city of"
 RECIPE = {
     "d_sae": 2304,
     "k": 32,
-    "n_tokens": 40_000,
-    "batch_size": 512,
+    "n_tokens": 1_000_000,
+    "batch_size": 1024,
     "lr": 1e-3,
-    "dead_after_tokens": 30_000,
-    "buffer_rows": 1 << 14,
+    "dead_after_tokens": 50_000,
+    "autocast": "bfloat16",
 }
-CAPTURE_TOKENS = 32_768  # 256 windows of 128 tokens, every layer: about 2.2 GB of float16 rows
+CAPTURE_TOKENS = 782 * 128  # 100,096 tokens in 128-token windows: 230 MB of float16 rows per layer
 
 
 def train(model: object, directory: Path, capture_tokens: int, n_layers: int | None) -> None:

@@ -34,12 +34,13 @@ SITE = "resid_post.15"
 RECIPE = {
     "d_sae": 4608,
     "k": 64,
-    "n_tokens": 600_000,
-    "batch_size": 2048,
-    "lr": 8e-4,
+    "n_tokens": 12_000_000,
+    "batch_size": 1024,
+    "lr": 4e-4,
     "dead_after_tokens": 100_000,
+    "autocast": "bfloat16",
 }
-HARVEST_TOKENS = 96 * 16 * 127  # 96 forward batches of 16 windows (127 tokens each after the first)
+HARVEST_TOKENS = 512 * 16 * 127  # 512 forward batches of 16 windows (127 tokens each after the first)
 EVAL_TOKENS = 8_192
 TARGETS = {"fve": 0.9, "l0": 64, "dead_fraction": 0.05, "loss_recovered": 0.8}
 
@@ -47,8 +48,16 @@ TARGETS = {"fve": 0.9, "l0": 64, "dead_fraction": 0.05, "loss_recovered": 0.8}
 def sae_dir() -> Path:
     from mechlab.models.cache import cache_dir
 
-    name = f"smollm2-{SITE}-topk-{RECIPE['d_sae']}-k{RECIPE['k']}-h{HARVEST_TOKENS // 1000}k"
-    return cache_dir() / "saes" / name
+    name = f"smollm2-{SITE}-topk-{RECIPE['d_sae']}-k{RECIPE['k']}-n{RECIPE['n_tokens'] // 10**6}M"
+    return cache_dir() / "saes" / f"{name}-h{HARVEST_TOKENS // 1000}k"
+
+
+def harvest_dir() -> Path:
+    """The captured activations, shared by every recipe trained on them."""
+    from mechlab.models.cache import cache_dir
+
+    name = f"smollm2-{SITE}-{HARVEST_TOKENS // 1000}k-{RECIPE['autocast'] or 'float32'}"
+    return cache_dir() / "saes" / "harvests" / name
 
 
 def build(model: Any, out: Path) -> dict[str, float]:
@@ -77,7 +86,7 @@ def build(model: Any, out: Path) -> dict[str, float]:
         config,
         out_dir=out,
         checkpoint_dir=work / "checkpoint",
-        harvest_dir=work / "harvest",
+        harvest_dir=harvest_dir(),
         harvest_tokens=HARVEST_TOKENS,
         model_name="smollm2",
         progress=on_step,

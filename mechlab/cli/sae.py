@@ -94,8 +94,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
             lr=args.lr,
             l1_coefficient=args.l1,
             l0_coefficient=args.l0,
+            dead_after_tokens=args.dead_after_tokens,
             context=args.context,
             buffer_rows=max(args.buffer_rows, 2 * args.batch_size),
+            autocast=args.autocast,
             seed=args.seed,
         )
     except ValueError as error:
@@ -181,6 +183,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--lr", type=non_negative_float, default=4e-4, help="peak learning rate (default 4e-4)")
     p.add_argument("--l1", type=non_negative_float, default=1.0, help="ReLU's L1 coefficient (default 1)")
     p.add_argument("--l0", type=non_negative_float, default=1.0, help="JumpReLU's L0 coefficient (default 1)")
+    p.add_argument(
+        "--dead-after-tokens",
+        type=positive_int,
+        default=1_000_000,
+        help="a latent silent for this many tokens is dead and trained by AuxK (default 1M)",
+    )
     p.add_argument("--context", type=positive_int, default=128, help="tokens per corpus window (default 128)")
     p.add_argument(
         "--buffer-rows", type=positive_int, default=1 << 15, help="shuffling buffer rows (default 32768)"
@@ -190,6 +198,12 @@ def add_parsers(sub: Any) -> None:
         type=positive_int,
         help="capture this many tokens' activations to disk first and train on them for several epochs "
         "(default: stream activations as training goes)",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=["bfloat16", "float16"],
+        help="run the model under torch.autocast to this dtype while capturing (bfloat16: several "
+        "times faster on AMX CPUs and GPUs)",
     )
     p.add_argument(
         "--harvest-dir", metavar="DIR", help="where captured activations go (default OUT.work/harvest)"

@@ -13,7 +13,8 @@
 from typing import Any
 
 import torch
-from jaxtyping import Float
+import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor
 
 
@@ -25,6 +26,25 @@ def topk(
         pre = pre * scale
     values, indices = pre.topk(k, dim=-1, sorted=False)
     return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+
+
+def topk_sparse(
+    pre: Float[Tensor, "rows d_sae"], k: int
+) -> tuple[Float[Tensor, "rows k"], Int[Tensor, "rows k"]]:
+    """TopK as ``(values, indices)``: each row's ``k`` largest pre-activations, ReLU'd, and where."""
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    return torch.relu(values), indices
+
+
+def sparse_decode(
+    values: Float[Tensor, "rows k"], indices: Int[Tensor, "rows k"], W_dec: Float[Tensor, "d_sae d_out"]
+) -> Float[Tensor, "rows d_out"]:
+    """``sum_j values[:, j] * W_dec[indices[:, j]]``: the decoder product over the active latents only.
+
+    Equal to ``z @ W_dec`` for the dense ``z`` holding ``values`` at ``indices``, at ``k / d_sae`` of
+    its cost, forward and backward (``embedding_bag``; ``W_dec`` receives gradient on active rows).
+    """
+    return F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
 
 
 def jumprelu(

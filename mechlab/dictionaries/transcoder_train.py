@@ -1,8 +1,8 @@
 """Training and evaluating a set of per-layer transcoders on the operator's model.
 
-``train_transcoders`` captures ``mlp_in.L`` and ``mlp_out.L`` of every chosen layer in one pass over
-the corpus (rows kept in memory as float16: ``tokens × layers × 2 × d_model × 2`` bytes), then
-trains one transcoder per layer with the SAE trainer (``train_sae_on`` on ``[mlp_in, mlp_out]``
+``train_transcoders`` captures ``mlp_in.L`` and ``mlp_out.L`` of the chosen layers, a group at a time
+(rows kept in memory as float16: ``tokens × layers × 2 × d_model × 2`` bytes, at most ``max_bytes``),
+and trains one transcoder per layer with the SAE trainer (``train_sae_on`` on ``[mlp_in, mlp_out]``
 rows), saving each as ``out_dir/layer_L``. ``evaluate_transcoders`` reports, per layer, the fraction
 of the MLP output's variance explained (FVE), L0 and dead latents, and the next-token loss with
 every MLP replaced by its transcoder at once (each reading the replaced model's own ``mlp_in``).
@@ -29,17 +29,25 @@ from mechlab.types import HookedModel
 
 @torch.no_grad()
 def _pairs(
-    model: HookedModel, tokens: Int[Tensor, "seq pos"], layers: Sequence[int], skip_first: int, batch: int
+    model: HookedModel,
+    tokens: Int[Tensor, "seq pos"],
+    layers: Sequence[int],
+    config: TrainConfig,
+    batch: int,
 ) -> dict[int, Tensor]:
+    """``[mlp_in, mlp_out]`` rows (float16) of ``layers``, the forward pass stopped after the last."""
+    from mechlab.activations import capture
+    from mechlab.dictionaries.harvest import autocast
+
     sites = [Site(kind, layer) for layer in layers for kind in ("mlp_in", "mlp_out")]
     rows: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    skip = config.skip_first
     for start in range(0, len(tokens), batch):
-        acts: dict[Site, Tensor] = {}
-        with hooked(model, {site: recorder(acts) for site in sites}):
-            model(tokens[start : start + batch], return_type=None)
+        with autocast(model, config.autocast):
+            acts = capture(model, tokens[start : start + batch], sites, logits=False, max_bytes=None)
         for layer in layers:
             pair = torch.cat([acts[Site("mlp_in", layer)], acts[Site("mlp_out", layer)]], dim=-1)
-            rows[layer].append(pair[:, skip_first:].reshape(-1, pair.shape[-1]).to(torch.float16).cpu())
+            rows[layer].append(pair[:, skip:].reshape(-1, pair.shape[-1]).to(torch.float16).cpu())
     return {layer: torch.cat(parts) for layer, parts in rows.items()}
 
 
@@ -51,19 +59,27 @@ def train_transcoders(
     layers: Sequence[int] | None = None,
     out_dir: str | Path | None = None,
     model_batch: int = 8,
+    max_bytes: int = 4 << 30,
     progress: Progress | None = None,
 ) -> dict[int, Transcoder]:
     """Train one transcoder per layer (``config.n_tokens`` rows each, epochs over the captured rows).
 
+    Layers are captured in groups whose rows fit ``max_bytes`` (float16), each group's forward
+    passes stopped after its last layer, and trained before the next group is captured.
+
     Args:
         model: the model.
         tokens: ``[n_seq, context]`` corpus windows (``corpus_tokens``).
-        config: the SAE training settings (``architecture``, ``d_sae``, ``k``, ``lr``...).
+        config: the SAE training settings (``architecture``, ``d_sae``, ``k``, ``lr``, ``autocast``...).
         layers: the MLPs to replace (default: all).
-        out_dir: save each as ``out_dir/layer_L`` (mechlab/SAELens layout).
+        out_dir: save each as ``out_dir/layer_L`` (mechlab/SAELens layout); a layer whose directory
+            is already there is loaded, not trained again (an interrupted run resumes).
         model_batch: windows per forward pass while capturing.
+        max_bytes: memory for captured rows at a time.
         progress: called with ``Step(done_layers, n_layers)``.
     """
+    from mechlab.dictionaries.transcoder import load_transcoder
+
     n_layers = model.cfg.n_layers
     layers = list(range(n_layers)) if layers is None else sorted(set(layers))
     if not layers or not all(0 <= layer < n_layers for layer in layers):
@@ -72,24 +88,41 @@ def train_transcoders(
         raise InputError(
             f"tokens must be [n_seq, context] with context > skip_first; got {tuple(tokens.shape)}."
         )
-    rows = _pairs(model, tokens, layers, config.skip_first, model_batch)
     d_model = model.cfg.d_model
+    n_rows = tokens.shape[0] * (tokens.shape[1] - config.skip_first)
+    if config.batch_size > n_rows:
+        raise InputError(
+            f"batch_size {config.batch_size} exceeds the {n_rows} rows captured; pass more tokens."
+        )
+    per_group = max(1, max_bytes // (n_rows * 2 * d_model * 2))
     out: dict[int, Transcoder] = {}
-    for done, layer in enumerate(layers):
-        data = rows.pop(layer).float()
-        if config.batch_size > len(data):
-            raise InputError(
-                f"batch_size {config.batch_size} exceeds the {len(data)} rows captured; pass more tokens."
+    saved = {layer: Path(out_dir) / f"layer_{layer}" for layer in layers} if out_dir is not None else {}
+    todo = [layer for layer in layers if not (layer in saved and (saved[layer] / "cfg.json").is_file())]
+    for layer in layers:
+        if layer not in todo:
+            out[layer] = load_transcoder(saved[layer])
+            have = out[layer].cfg
+            if (have.architecture, have.d_sae, have.k) != (config.architecture, config.d_sae, config.k):
+                raise InputError(
+                    f"{saved[layer]} holds a transcoder ({have.architecture}, d_sae={have.d_sae}, "
+                    f"k={have.k}) other than the one asked for ({config.architecture}, "
+                    f"d_sae={config.d_sae}, k={config.k}). Choose another out_dir, or delete it."
+                )
+    for first in range(0, len(todo), per_group):
+        group = todo[first : first + per_group]
+        rows = _pairs(model, tokens, group, config, model_batch)
+        for layer in group:
+            data = rows.pop(layer).float()
+            cfg = transcoder_config(
+                d_model, layer, config.d_sae, architecture=config.architecture, k=config.k
             )
-        cfg = transcoder_config(d_model, layer, config.d_sae, architecture=config.architecture, k=config.k)
-        sae = train_sae_on(TensorBuffer(data, seed=config.seed + layer), cfg, config)
-        tc = from_sae(sae)
-        if out_dir is not None:
-            tc.save(Path(out_dir) / f"layer_{layer}")
-        out[layer] = tc
-        if progress is not None:
-            progress(Step(done=done + 1, total=len(layers)))
-    return out
+            tc = from_sae(train_sae_on(TensorBuffer(data, seed=config.seed + layer), cfg, config))
+            if layer in saved:
+                tc.save(saved[layer])
+            out[layer] = tc
+            if progress is not None:
+                progress(Step(done=len(out), total=len(layers)))
+    return {layer: out[layer] for layer in layers}
 
 
 @dataclasses.dataclass(frozen=True)

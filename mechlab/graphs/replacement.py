@@ -104,9 +104,18 @@ def _frozen_sites(n_layers: int) -> list[Site]:
 
 @torch.no_grad()
 def capture_run(
-    model: HookedModel, transcoders: Mapping[int, Transcoder], tokens: Int[Tensor, "1 pos"]
+    model: HookedModel,
+    transcoders: Mapping[int, Transcoder],
+    tokens: Int[Tensor, "1 pos"],
+    *,
+    zero_first: int = 1,
 ) -> ReplacementRun:
-    """Run the real model on ``tokens`` once and record what the replacement model freezes."""
+    """Run the real model on ``tokens`` once and record what the replacement model freezes.
+
+    ``zero_first``: the first positions carry no features; their MLP outputs go wholly to the
+    error nodes (the transcoders are trained without them: the attention sink; circuit-tracer
+    zeroes the BOS position likewise).
+    """
     transcoders = check_transcoders(model, transcoders)
     if tokens.ndim != 2 or tokens.shape[0] != 1:
         raise InputError(
@@ -129,8 +138,10 @@ def capture_run(
     for layer, tc in transcoders.items():
         x = acts[Site("mlp_in", layer)][0]
         mlp_in[layer] = x
-        activations[layer] = tc.encode(x)
-        errors[layer] -= tc(x).to(errors.dtype)
+        z = tc.encode(x)
+        z[:zero_first] = 0
+        activations[layer] = z
+        errors[layer] -= (tc.decode(z) + tc.skip(x)).to(errors.dtype)
     embed = acts[Site("embed")][0]
     pos_embed = acts[Site("pos_embed")][0] if has_pos else None
     return ReplacementRun(

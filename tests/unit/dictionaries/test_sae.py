@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mechlab.dictionaries import SAE, SAEConfig
-from mechlab.dictionaries.architectures import jumprelu_train, step_train
+from mechlab.dictionaries.architectures import jumprelu_train, sparse_decode, step_train, topk, topk_sparse
 from mechlab.errors import InputError
 
 
@@ -113,3 +113,19 @@ def test_wrong_width_input_is_refused_with_the_site_named() -> None:
     sae = _sae("relu")
     with pytest.raises(InputError, match=r"resid_post.1 activations of width d_in=6; got shape \(2, 5\)"):
         sae.encode(torch.zeros(2, 5))
+
+
+def test_sparse_topk_decode_equals_the_dense_product_forward_and_backward() -> None:
+    torch.manual_seed(0)
+    pre = torch.randn(64, 96)
+    pre[:4] = -pre[:4].abs()  # rows whose top k are all negative: ReLU'd to 0
+    W_dec = torch.randn(96, 24, requires_grad=True)
+    dense = topk(pre, 8) @ W_dec
+    grad = torch.randn_like(dense)
+    (dense_grad,) = torch.autograd.grad(dense, W_dec, grad)
+    values, indices = topk_sparse(pre, 8)
+    sparse = sparse_decode(values, indices, W_dec)
+    (sparse_grad,) = torch.autograd.grad(sparse, W_dec, grad)
+    assert torch.allclose(sparse, dense, atol=1e-5)
+    assert torch.allclose(sparse_grad, dense_grad, atol=1e-5)
+    assert (values[:4] == 0).all() and (values[4:] > 0).all() and indices.shape == (64, 8)

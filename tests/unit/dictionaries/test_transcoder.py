@@ -113,3 +113,22 @@ def test_training_explains_the_mlp_output() -> None:
     assert all(untrained.fve[layer] < 0.2 for layer in (0, 1))
     assert all(10 < result.l0[layer] <= 16 for layer in (0, 1))
     assert abs(result.ce_replaced - result.ce_clean) < abs(untrained.ce_replaced - result.ce_clean)
+
+
+def test_layer_groups_and_resume_give_the_same_transcoders(tmp_path: Path) -> None:
+    model = mechlab.load_model("toy:tiny").model
+    tokens = torch.randint(0, 50, (64, 16), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(
+        architecture="topk", d_sae=64, k=8, n_tokens=2048, batch_size=256, buffer_rows=4096, context=16
+    )
+    together = train_transcoders(model, tokens, config)
+    one_row_bytes = 64 * 15 * 2 * 32 * 2  # rows × [mlp_in, mlp_out] × d_model × float16: one layer
+    apart = train_transcoders(model, tokens, config, max_bytes=one_row_bytes, out_dir=tmp_path)
+    for layer in (0, 1):
+        assert torch.equal(together[layer].W_enc, apart[layer].W_enc)
+    (tmp_path / "layer_1" / "cfg.json").unlink()  # layer 1 interrupted: retrained, layer 0 loaded
+    resumed = train_transcoders(model, tokens, config, out_dir=tmp_path)
+    for layer in (0, 1):
+        assert torch.allclose(resumed[layer].W_dec, together[layer].W_dec)
+    with pytest.raises(InputError, match="other than the one asked for"):
+        train_transcoders(model, tokens, config.replace(d_sae=32), out_dir=tmp_path)
