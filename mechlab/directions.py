@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab.errors import InputError
+from mechlab.files import read_text
 from mechlab.probes.data import collect_activations
 from mechlab.probes.probes import ProbeResult
 from mechlab.render.figures import lines
@@ -95,14 +96,7 @@ def load_pairs(path: str | Path) -> Pairs:
         InputError: unreadable file, a line that is not a JSON object with both fields, too few pairs.
     """
     path = Path(path).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise InputError(f"Cannot read pairs {path}: {error.strerror}.") from error
-    except UnicodeDecodeError as error:
-        raise InputError(
-            f"Pairs file {path} is not UTF-8 text ({error.reason}). Save it as UTF-8."
-        ) from error
+    text = read_text(path, "pairs file")
     positive, negative = [], []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

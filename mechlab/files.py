@@ -75,6 +75,19 @@ def replacing_read_only() -> Iterator[None]:
         _FORCE.reset(token)
 
 
+def read_text(path: Path, what: str) -> str:
+    """``path``'s UTF-8 text; an unreadable or non-UTF-8 file is an ``InputError`` naming ``what``."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"Cannot read {what} {path}: {error.strerror}.") from error
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"{what[:1].upper()}{what[1:]} {path} is not UTF-8 text (byte {error.start:,}: {error.reason}). "
+            "Save it as UTF-8."
+        ) from error
+
+
 def check_target(path: Path, what: str = "output") -> Path:
     """The file a write to ``path`` will replace, checked before any work: absent or a regular file.
 

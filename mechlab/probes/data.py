@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mechlab.activations import capture
 from mechlab.errors import InputError
+from mechlab.files import read_text
 from mechlab.sites import Site
 from mechlab.tokens import require_tokenizer
 from mechlab.types import HookedModel
@@ -100,14 +101,7 @@ class ProbeDataset:
 
 
 def _rows_from(path: Path) -> list[dict[str, str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise InputError(f"Cannot read probe data {path}: {error.strerror}.") from error
-    except UnicodeDecodeError as error:
-        raise InputError(
-            f"Probe data {path} is not UTF-8 text (byte {error.start:,}: {error.reason}). Save it as UTF-8."
-        ) from error
+    text = read_text(path, "probe data")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         try:
             return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -75,6 +75,10 @@ def test_pairs_files_are_read_and_bad_lines_named(tmp_path: Path) -> None:
         mechlab.load_pairs(bad)
     with pytest.raises(mechlab.InputError, match="Cannot read pairs"):
         mechlab.load_pairs(tmp_path / "missing.jsonl")
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"positive": "caf\xe9", "negative": "b"}\n')
+    with pytest.raises(mechlab.InputError, match=r"Pairs file .*latin.jsonl is not UTF-8 text \(byte 17"):
+        mechlab.load_pairs(latin)
 
 
 def test_a_direction_survives_a_round_trip(tmp_path: Path) -> None:
