@@ -99,8 +99,7 @@ def autocast(model: HookedModel, dtype: str | None) -> Iterator[None]:
         return
     if dtype not in AUTOCAST:
         raise InputError(f"autocast must be one of {', '.join(AUTOCAST)} or None; got {dtype!r}.")
-    device = next(iter(_parameters(model)), torch.empty(0)).device
-    with torch.autocast(device_type=device.type, dtype=AUTOCAST[dtype]):
+    with torch.autocast(device_type=model_device(model).type, dtype=AUTOCAST[dtype]):
         yield
 
 
@@ -244,7 +243,7 @@ class ActivationBuffer:
     def _harvest(self, n_rows: int) -> Float[Tensor, "rows width"]:
         parts: list[Tensor] = []
         have = 0
-        device = next(iter(_parameters(self.model)), torch.empty(0)).device
+        device = model_device(self.model)
         while have < n_rows:
             n = self.tokens.shape[0]
             index = torch.arange(self.next_window, self.next_window + self.model_batch) % n
@@ -315,6 +314,8 @@ class ActivationBuffer:
         self.generator.set_state(state["generator"])
 
 
-def _parameters(model: Any) -> Any:
+def model_device(model: Any) -> torch.device:
+    """Where ``model``'s first parameter lives (CPU for a model without parameters)."""
     parameters = getattr(model, "parameters", None)
-    return parameters() if callable(parameters) else iter(())
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    return first.device if first is not None else torch.device("cpu")

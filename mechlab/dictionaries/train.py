@@ -39,7 +39,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechlab.dictionaries import architectures
-from mechlab.dictionaries.harvest import ActivationBuffer, BatchSource
+from mechlab.dictionaries.harvest import ActivationBuffer, BatchSource, model_device
 from mechlab.dictionaries.sae import ARCHITECTURES, SAE, SAEConfig
 from mechlab.errors import InputError
 from mechlab.files import atomic_write
@@ -243,8 +243,8 @@ class _Trainer:
             threshold = self.log_threshold.exp()
             z = architectures.jumprelu_train(pre, threshold, config.bandwidth)
             y_hat = sae.decode(z)
-            l0 = architectures.step_train(pre, threshold, config.bandwidth).sum(-1).mean()
-            aux = config.l0_coefficient * l0
+            penalty = architectures.step_train(pre, threshold, config.bandwidth).sum(-1).mean()
+            aux = config.l0_coefficient * penalty
             fired, l0 = (z > 0).any(dim=0), (z > 0).float().sum(-1).mean()
         else:
             z = torch.relu(pre)
@@ -500,9 +500,7 @@ def train_sae(
             seed=config.seed,
             autocast_dtype=config.autocast,
         )
-    if device is None:
-        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-        device = first.device if first is not None else None
+    device = device if device is not None else model_device(model)
     sae = train_sae_on(source, cfg, config, checkpoint_dir=checkpoint_dir, device=device, progress=progress)
     if out_dir is not None:
         sae.save(out_dir)
