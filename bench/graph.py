@@ -7,8 +7,10 @@
    the time each step took.
 2. Computes the attribution graph of ``--prompt`` with the transcoders in ``DIR``
    (``mechlab.attribute_graph``), prints its size, the time, the replacement and completeness
-   scores, and the intervention agreement r over the top features (target: r ≥ 0.8); writes the
-   page and the JSON when ``--out`` is given.
+   scores, and the intervention agreement r over the top features (target: r ≥ 0.8); names the
+   kept features (top contexts in ``NAMING_TOKENS`` corpus tokens, promoted token) and prints each
+   prompt token's strongest path through features to the target (``mechlab.feature_paths``);
+   writes the page and the JSON when ``--out`` is given.
 
 Run: ``.venv/bin/python bench/graph.py --train transcoders/smollm2`` (see the recipe for the cost),
 then ``.venv/bin/python bench/graph.py --transcoders transcoders/smollm2 --out graph.html``.
@@ -33,7 +35,9 @@ RECIPE = {
     "lr": 1e-3,
     "dead_after_tokens": 50_000,
     "autocast": "bfloat16",
+    "skip": True,
 }
+NAMING_TOKENS = 4096  # corpus tokens read for the features' top contexts (their names)
 CAPTURE_TOKENS = 782 * 128  # 100,096 tokens in 128-token windows: 230 MB of float16 rows per layer
 
 
@@ -90,10 +94,20 @@ def graph(model: object, directory: Path, prompt: str, out: Path | None, max_fea
         f"({time.perf_counter() - started:.1f} s; direct edges alone: r = {check.r_direct:.3f}); "
         f"target r ≥ 0.8: {'met' if check.r >= 0.8 else 'NOT met'}"
     )
+    started = time.perf_counter()
+    effects = mechlab.logit_effects(model, transcoders, result)
+    corpus = mechlab.corpus_tokens(model, NAMING_TOKENS, context=64, split="heldout")
+    reports = mechlab.feature_reports(model, transcoders, result, pruned, corpus)
+    names = mechlab.feature_names(result, effects, reports)
+    print(f"feature names from {NAMING_TOKENS:,} corpus tokens: {time.perf_counter() - started:.1f} s")
+    paths = mechlab.feature_paths(result, pruned)
+    print(f"strongest paths through features to {result.logit_labels[0]!r}, per prompt token:")
+    for path in paths:
+        print("  " + mechlab.describe_path(result, path, names))
     if out is not None:
-        effects = mechlab.logit_effects(model, transcoders, result)
-        mechlab.graph_page(result, pruned=pruned, verification=check, effects=effects).save(out)
-        mechlab.save_graph_json(result, out.with_suffix(".json"), pruned)
+        page = mechlab.graph_page(result, pruned=pruned, verification=check, effects=effects, reports=reports)
+        page.save(out)
+        mechlab.save_graph_json(result, out.with_suffix(".json"), pruned, names=names)
         print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

@@ -36,7 +36,7 @@ SITE = "resid_post.15"
 RECIPE = {
     "d_sae": 9216,
     "k": 64,
-    "n_tokens": 8_000_000,
+    "n_tokens": 16_000_000,
     "batch_size": 1024,
     "lr": 3e-4,
     "dead_after_tokens": 100_000,

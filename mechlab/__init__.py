@@ -107,8 +107,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "mechlab.graphs": (
         "AttributionGraph",
+        "FeaturePath",
         "Verification",
         "attribute_graph",
+        "describe_path",
+        "feature_names",
+        "feature_paths",
         "feature_reports",
         "graph_page",
         "graph_scores",

@@ -4,7 +4,9 @@
 transcoder per layer from ``DIR`` (``layer_N/`` directories or files, mechlab / circuit-tracer /
 Gemma Scope 2 layouts), computes the graph (``mechlab.attribute_graph``), prunes it, ablates the
 top features in the real model to measure the intervention agreement, prints the replacement and
-completeness scores and the agreement, and writes the offline interactive page (and ``--json``).
+completeness scores and the agreement, names the features from their top contexts in the corpus
+and their logit effects, prints the strongest paths through features from the prompt's tokens to
+the target (``mechlab.feature_paths``), and writes the offline interactive page (and ``--json``).
 """
 
 import argparse
@@ -87,10 +89,20 @@ def cmd_graph(args: argparse.Namespace, console: Console) -> int:
         with console.status("Reading feature contexts from the corpus"):
             tokens = mechlab.corpus_tokens(model, args.corpus_tokens, context=64, split="heldout")
             reports = mechlab.feature_reports(model, transcoders, graph, pruned, tokens)
+    names = mechlab.feature_names(graph, effects, reports)
+    paths = mechlab.feature_paths(graph, pruned)
+    console.print(
+        f"Strongest paths through features to {graph.logit_labels[0]!r} "
+        "(share: the product of each edge's share of its target's input):"
+    )
+    for path in paths[: args.paths]:
+        console.print("  " + escape(mechlab.describe_path(graph, path, names)), highlight=False)
+    if not paths:
+        console.print("  none: every path from the prompt's tokens runs through an error node")
     page = mechlab.graph_page(graph, pruned=pruned, verification=check, effects=effects, reports=reports)
     console.print(f"Wrote {page.save(out)}")
     if json_path is not None:
-        console.print(f"Wrote {mechlab.save_graph_json(graph, json_path, pruned)}")
+        console.print(f"Wrote {mechlab.save_graph_json(graph, json_path, pruned, names=names)}")
     return 0
 
 
@@ -113,9 +125,10 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--corpus-tokens",
         type=int,
-        default=0,
-        help="read feature contexts from this many corpus tokens (0: none)",
+        default=4096,
+        help="name features by their top contexts in this many corpus tokens (default 4096; 0: none)",
     )
+    p.add_argument("--paths", type=positive_int, default=5, help="paths through features printed (5)")
 
 
 HANDLERS: dict[str, Any] = {"graph": cmd_graph}

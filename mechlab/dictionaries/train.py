@@ -7,8 +7,9 @@ Algorithm (``train_sae_on``; ``train_sae`` adds the corpus and the activation bu
    the weights at the end, so the saved SAE reads raw activations.
 2. Initialize: decoder rows in random directions (unit norm for TopK, 0.1 otherwise), the encoder
    their transpose, ``b_dec`` the mean input, JumpReLU thresholds ``init_threshold``.
-3. Each step draws ``batch_size`` rows, encodes, decodes, and minimizes the squared error (summed
-   over the width, averaged over rows) plus the architecture's term:
+3. Each step draws ``batch_size`` rows, encodes, decodes (plus ``x @ W_skip`` for a transcoder
+   trained with ``skip``), and minimizes the squared error (summed over the width, averaged over
+   rows) plus the architecture's term:
 
    - TopK: AuxK (Gao et al. 2024): the ``aux_k`` largest pre-activations of the *dead* latents
      (not fired for ``dead_after_tokens`` tokens) reconstruct the residual error, weighted by
@@ -41,6 +42,7 @@ from torch import Tensor
 from mechlab.dictionaries import architectures
 from mechlab.dictionaries.harvest import ActivationBuffer, BatchSource, model_device
 from mechlab.dictionaries.sae import ARCHITECTURES, SAE, SAEConfig
+from mechlab.dictionaries.transcoder import Transcoder
 from mechlab.errors import InputError
 from mechlab.files import atomic_write
 from mechlab.progress import Progress
@@ -75,6 +77,8 @@ class TrainConfig:
         normalize: scale inputs to mean norm ``sqrt(d_in)`` while training (folded in at the end).
         autocast: run the model that makes the activations under ``torch.autocast`` to this dtype
             (``"bfloat16"``: several times faster on AMX CPUs and GPUs; ``harvest.autocast``).
+        skip: transcoders only: train a linear skip connection ``W_skip [d_in, d_out]`` (zero at
+            the start) with the sparse part (Paulo et al. 2025's skip transcoders).
         seed: seeds the initialization, the corpus order and the shuffles.
         checkpoint_every: steps between checkpoints (when a checkpoint directory is given).
     """
@@ -101,6 +105,7 @@ class TrainConfig:
     model_batch: int = 16
     normalize: bool = True
     autocast: str | None = None
+    skip: bool = False
     seed: int = 0
     checkpoint_every: int = 50
 
@@ -189,7 +194,7 @@ class _Trainer:
         self.cfg, self.config, self.source, self.device = cfg, config, source, device
         self.step = 0
         self.scale_in, self.scale_out = 1.0, 1.0
-        self.sae = SAE(cfg, device=device, seed=config.seed)
+        self.sae = _dictionary(cfg, config.skip, device, config.seed)
         self.log_threshold: Tensor | None = None
         if cfg.architecture == "jumprelu":
             start = torch.full((cfg.d_sae,), math.log(config.init_threshold), device=device)
@@ -228,11 +233,12 @@ class _Trainer:
         x, y = self._split(self.source.next_batch(config.batch_size).to(self.device).float())
         x, y = x * self.scale_in, y * self.scale_out
         pre = sae.pre_activation(x)
+        linear = sae.skip(x) if isinstance(sae, Transcoder) else 0.0
         aux = torch.zeros((), device=self.device)
         if self.cfg.architecture == "topk":
             assert self.cfg.k is not None
             values, indices = architectures.topk_sparse(pre, self.cfg.k)
-            y_hat = architectures.sparse_decode(values, indices, sae.W_dec) + sae.b_dec
+            y_hat = architectures.sparse_decode(values, indices, sae.W_dec) + sae.b_dec + linear
             aux = config.aux_coefficient * self._aux_loss(pre, y - y_hat.detach())
             active = values > 0
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=self.device)
@@ -242,13 +248,13 @@ class _Trainer:
             assert self.log_threshold is not None
             threshold = self.log_threshold.exp()
             z = architectures.jumprelu_train(pre, threshold, config.bandwidth)
-            y_hat = sae.decode(z)
+            y_hat = sae.decode(z) + linear
             penalty = architectures.step_train(pre, threshold, config.bandwidth).sum(-1).mean()
             aux = config.l0_coefficient * penalty
             fired, l0 = (z > 0).any(dim=0), (z > 0).float().sum(-1).mean()
         else:
             z = torch.relu(pre)
-            y_hat = sae.decode(z)
+            y_hat = sae.decode(z) + linear
             warm = min(1.0, (self.step + 1) / max(1, round(config.warmup_fraction * config.steps)))
             aux = warm * config.l1_coefficient * (z * sae.decoder_norms()).sum(-1).mean()
             fired, l0 = (z > 0).any(dim=0), (z > 0).float().sum(-1).mean()
@@ -287,7 +293,7 @@ class _Trainer:
 
     # -- the finished SAE --
     def finished(self) -> SAE:
-        out = SAE(self.cfg, device=self.device, seed=self.config.seed)
+        out = _dictionary(self.cfg, self.config.skip, self.device, self.config.seed)
         with torch.no_grad():
             out.load_state_dict(self.sae.state_dict(), strict=False)
             if self.log_threshold is not None:
@@ -296,6 +302,8 @@ class _Trainer:
             out.W_enc.mul_(self.scale_in)
             out.W_dec.div_(self.scale_out)
             out.b_dec.div_(self.scale_out)
+            if isinstance(out, Transcoder) and out.W_skip is not None:
+                out.W_skip.mul_(self.scale_in / self.scale_out)
         return out
 
     # -- checkpoints --
@@ -317,9 +325,10 @@ class _Trainer:
     def load(self, state: dict[str, Any], where: Path) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise InputError(f"{where} is not a mechlab SAE training checkpoint.")
-        if state["sae_config"] != dataclasses.asdict(self.cfg) or state["train_config"] != dataclasses.asdict(
-            self.config
-        ):
+        # a setting added since the checkpoint was written counts as its default
+        defaults = dataclasses.asdict(TrainConfig())
+        saved = {**defaults, **state["train_config"]}
+        if state["sae_config"] != dataclasses.asdict(self.cfg) or saved != dataclasses.asdict(self.config):
             raise InputError(
                 f"{where} holds a checkpoint of a different SAE or training configuration. Resume with "
                 "the same settings, or choose another checkpoint directory (or delete this one)."
@@ -339,6 +348,13 @@ class _Trainer:
         torch.save(self.state(), buffer)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / CHECKPOINT, buffer.getvalue())
+
+
+def _dictionary(cfg: SAEConfig, skip: bool, device: torch.device, seed: int) -> SAE:
+    """The dictionary being trained: an ``SAE``, or a ``Transcoder`` with a skip connection."""
+    return (
+        Transcoder(cfg, skip=True, device=device, seed=seed) if skip else SAE(cfg, device=device, seed=seed)
+    )
 
 
 def train_sae_on(
@@ -362,7 +378,8 @@ def train_sae_on(
         progress: called with a ``TrainProgress`` after every step.
 
     Returns:
-        The trained SAE (on ``device``), reading raw (unscaled) activations.
+        The trained SAE (on ``device``), reading raw (unscaled) activations; a ``Transcoder`` with
+        its skip connection when ``config.skip``.
     """
     if (cfg.architecture, cfg.d_sae, cfg.k) != (
         config.architecture,
@@ -372,6 +389,11 @@ def train_sae_on(
         raise InputError(
             f"The SAE config ({cfg.architecture}, d_sae={cfg.d_sae}, k={cfg.k}) and the training config "
             f"({config.architecture}, d_sae={config.d_sae}, k={config.k}) disagree."
+        )
+    if config.skip and cfg.site_out is None:
+        raise InputError(
+            f"skip=True trains a transcoder's skip connection; the SAE config reads and writes one site "
+            f"({cfg.site}). Use transcoder_config(...), or train without skip."
         )
     if cfg.normalize_activations != "none":
         raise InputError(

@@ -102,11 +102,18 @@ def train_transcoders(
         if layer not in todo:
             out[layer] = load_transcoder(saved[layer])
             have = out[layer].cfg
-            if (have.architecture, have.d_sae, have.k) != (config.architecture, config.d_sae, config.k):
+            skip = out[layer].W_skip is not None
+            if (have.architecture, have.d_sae, have.k, skip) != (
+                config.architecture,
+                config.d_sae,
+                config.k,
+                config.skip,
+            ):
                 raise InputError(
                     f"{saved[layer]} holds a transcoder ({have.architecture}, d_sae={have.d_sae}, "
-                    f"k={have.k}) other than the one asked for ({config.architecture}, "
-                    f"d_sae={config.d_sae}, k={config.k}). Choose another out_dir, or delete it."
+                    f"k={have.k}, skip={skip}) other than the one asked for ({config.architecture}, "
+                    f"d_sae={config.d_sae}, k={config.k}, skip={config.skip}). Choose another out_dir, "
+                    "or delete it."
                 )
     for first in range(0, len(todo), per_group):
         group = todo[first : first + per_group]
@@ -116,7 +123,8 @@ def train_transcoders(
             cfg = transcoder_config(
                 d_model, layer, config.d_sae, architecture=config.architecture, k=config.k
             )
-            tc = from_sae(train_sae_on(TensorBuffer(data, seed=config.seed + layer), cfg, config))
+            trained = train_sae_on(TensorBuffer(data, seed=config.seed + layer), cfg, config)
+            tc = trained if isinstance(trained, Transcoder) else from_sae(trained)
             if layer in saved:
                 tc.save(saved[layer])
             out[layer] = tc

@@ -6,24 +6,31 @@
   backward passes.
 - ``prune``: node and edge influence, pruning, the replacement and completeness scores.
 - ``verify``: feature interventions in the real model against the graph's predictions.
-- ``viewer``: the offline interactive HTML page and circuit-tracer-style JSON.
+- ``paths``: each input token's strongest path through features, and feature names.
+- ``viewer``: the offline interactive HTML page; ``export``: circuit-tracer-style JSON.
 """
 
 from mechlab.graphs.attribution import attribute
+from mechlab.graphs.export import graph_json, save_graph_json
 from mechlab.graphs.graph import AttributionGraph
+from mechlab.graphs.paths import FeaturePath, describe_path, feature_names, feature_paths
 from mechlab.graphs.prune import PruneResult, graph_scores, prune_graph
 from mechlab.graphs.verify import Verification, verify_graph
-from mechlab.graphs.viewer import feature_reports, graph_json, graph_page, logit_effects, save_graph_json
+from mechlab.graphs.viewer import feature_reports, graph_page, logit_effects
 
 # ``mechlab.attribute_graph``: the same function under a name that says what it attributes.
 attribute_graph = attribute
 
 __all__ = [
     "AttributionGraph",
+    "FeaturePath",
     "PruneResult",
     "Verification",
     "attribute",
     "attribute_graph",
+    "describe_path",
+    "feature_names",
+    "feature_paths",
     "feature_reports",
     "graph_json",
     "graph_page",

@@ -1,4 +1,4 @@
-"""The attribution graph as one offline interactive HTML page, and as circuit-tracer-style JSON.
+"""The attribution graph as one offline interactive HTML page.
 
 The page (``graph_page``) draws the pruned graph with inline SVG: input tokens along the bottom,
 one row per layer above them (features as circles, error nodes as squares), the logit nodes on top;
@@ -10,14 +10,12 @@ incoming and outgoing edges. A legend explains the replacement and completeness 
 intervention agreement. All data travels as JSON made safe for ``<script>`` (``script_json``); the
 page loads nothing from the network (``mechlab.render.page``'s Content-Security-Policy).
 
-``graph_json`` writes the node/link layout of circuit-tracer's graph files (``metadata``,
-``nodes`` with ``node_id``/``feature_type``/``layer``/``ctx_idx``/``influence``/``activation``,
-``links`` with ``source``/``target``/``weight``), so tools reading those can read mechlab graphs.
+Feature nodes are named by ``paths.feature_names`` (the tokens they fire on, the token they
+promote); each input token's strongest path through features to the target (``paths.feature_paths``)
+is listed and drawn over the graph in dark blue.
 """
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,9 +23,9 @@ from torch import Tensor
 
 from mechlab.dictionaries.features import FeatureReport, feature_pages
 from mechlab.dictionaries.transcoder import Transcoder, encoder_view
-from mechlab.files import atomic_write
 from mechlab.graphs.attribution import _label
 from mechlab.graphs.graph import AttributionGraph
+from mechlab.graphs.paths import describe_path, feature_names, feature_paths
 from mechlab.graphs.prune import PruneResult, graph_scores, prune_graph
 from mechlab.graphs.verify import Verification
 from mechlab.render.html import escape, table
@@ -49,6 +47,7 @@ _STYLE = """
 #graph-svg{border:1px solid #ddd;background:#fff;max-width:none}
 #graph-detail{font-size:.9em;margin-top:8px}#graph-hover{min-height:1.5em;color:#333;font-size:.9em}
 .gnode{cursor:pointer}.gnode.sel{stroke:#000;stroke-width:2.5px}
+.gpath{stroke:#08306b;stroke-opacity:.85;stroke-width:3px;pointer-events:none}
 """
 
 _SCRIPT = """
@@ -67,6 +66,9 @@ e.setAttribute('x1',a[0]);e.setAttribute('y1',a[1]);e.setAttribute('x2',b[0]);
 e.setAttribute('y2',b[1]);
 e.setAttribute('stroke',l.weight>0?'#1f77b4':'#d62728');e.setAttribute('stroke-opacity','0.45');
 e.setAttribute('stroke-width',0.5+4*Math.abs(l.weight)/(mx||1));svg.appendChild(e);});
+G.paths.forEach(function(p){for(var i=1;i<p.length;i++){var a=pos[p[i-1]],b=pos[p[i]];
+var e=document.createElementNS(NS,'line');e.setAttribute('x1',a[0]);e.setAttribute('y1',a[1]);
+e.setAttribute('x2',b[0]);e.setAttribute('y2',b[1]);e.setAttribute('class','gpath');svg.appendChild(e);}});
 G.token_labels.forEach(function(t,i){var e=document.createElementNS(NS,'text');
 e.setAttribute('x',50+90*i);
 e.setAttribute('y',H-8);e.setAttribute('text-anchor','middle');e.setAttribute('font-size','11');
@@ -171,7 +173,8 @@ def feature_reports(
 def graph_data(
     graph: AttributionGraph, pruned: PruneResult, names: Mapping[int, str] | None = None
 ) -> dict[str, Any]:
-    """The pruned graph as plain data: nodes (with row/column layout), links, labels."""
+    """The pruned graph as plain data: nodes (with row/column layout), links, labels, and each
+    token's strongest path through features (node ids)."""
     names = names or {}
     from mechlab.graphs.prune import node_influence
 
@@ -217,6 +220,7 @@ def graph_data(
         "nodes": nodes,
         "links": links,
         "labels": {str(n["id"]): n["label"] for n in nodes},
+        "paths": [list(path.nodes) for path in feature_paths(graph, pruned)],
         "token_labels": [visible(t) for t in graph.token_strings],
     }
 
@@ -268,7 +272,7 @@ def graph_page(
     """
     pruned = pruned if pruned is not None else prune_graph(graph)
     effects = effects or {}
-    names = {i: f"→ {visible(up[0][0])}" for i, (up, _) in effects.items() if up}
+    names = feature_names(graph, effects, reports)
     replacement, completeness = graph_scores(graph)
     page = Page(
         f"Attribution graph: {graph.prompt}",
@@ -312,6 +316,25 @@ def graph_page(
         f'<div id="graph-cards">{cards}</div>'
         "<script>" + _SCRIPT.replace("__DATA__", script_json(data)) + "</script>"
     )
+    paths = feature_paths(graph, pruned)
+    route = page.section(
+        "Paths through features",
+        "For each input token, its chain of positive direct effects through features alone to "
+        f"{graph.logit_labels[0]!r} with the largest share (the product of the edges' shares of their "
+        "targets' input; a token's influence is the sum over all its paths, error nodes included). "
+        "Drawn in dark blue above.",
+    )
+    route.table(
+        ["token", "share", "path"],
+        [
+            (
+                escape(visible(graph.token_strings[p.nodes[0] - graph.token_start])),
+                f"{p.share:.2e}",
+                escape(describe_path(graph, p, names)),
+            )
+            for p in paths
+        ],
+    )
     if verification is not None:
         section = page.section("Verification", "Top features ablated in the real model.")
         section.table(
@@ -328,80 +351,3 @@ def graph_page(
             ],
         )
     return page
-
-
-def graph_json(
-    graph: AttributionGraph, pruned: PruneResult | None = None, *, slug: str = "graph"
-) -> dict[str, Any]:
-    """The pruned graph in circuit-tracer's graph-file layout (see the module docstring)."""
-    pruned = pruned if pruned is not None else prune_graph(graph)
-    from mechlab.graphs.prune import node_influence
-
-    influence = node_influence(graph)
-    ids: dict[int, str] = {}
-    nodes = []
-    for index in pruned.node_mask.nonzero(as_tuple=True)[0].tolist():
-        kind = graph.node_kind(index)
-        node: dict[str, Any] = {"influence": float(influence[index]), "run_idx": 0, "is_target_logit": False}
-        if kind == "feature":
-            layer, pos, feature = (int(v) for v in graph.active_features[index])
-            ids[index] = f"{layer}_{feature}_{pos}"
-            node.update(
-                feature=feature,
-                layer=str(layer),
-                ctx_idx=pos,
-                feature_type="cross layer transcoder",
-                activation=float(graph.activation_values[index]),
-            )
-        elif kind == "error":
-            layer, pos = divmod(index - graph.error_start, graph.n_pos)
-            ids[index] = f"{layer}_error_{pos}"
-            node.update(feature=None, layer=str(layer), ctx_idx=pos, feature_type="mlp reconstruction error")
-        elif kind == "token":
-            pos = index - graph.token_start
-            ids[index] = f"E_{int(graph.input_tokens[pos])}_{pos}"
-            node.update(feature=None, layer="E", ctx_idx=pos, feature_type="embedding")
-        else:
-            k = index - graph.logit_start
-            token = int(graph.logit_tokens[k])
-            ids[index] = f"{graph.n_layers}_{token}_{graph.n_pos - 1}"
-            node.update(
-                feature=token,
-                layer=str(graph.n_layers),
-                ctx_idx=graph.n_pos - 1,
-                feature_type="logit",
-                token_prob=float(graph.logit_probabilities[k]),
-                is_target_logit=k == 0,
-                clerp=f"output {graph.logit_labels[k]!r} (p={float(graph.logit_probabilities[k]):.3f})",
-            )
-        node.update(
-            node_id=ids[index], jsNodeId=ids[index], reverse_ctx_idx=graph.n_pos - 1 - node["ctx_idx"]
-        )
-        nodes.append(node)
-    targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
-    links = [
-        {"source": ids[s], "target": ids[t], "weight": float(graph.adjacency[t, s])}
-        for t, s in zip(targets.tolist(), sources.tolist(), strict=True)
-    ]
-    replacement, completeness = graph_scores(graph)
-    metadata = {
-        "slug": slug,
-        "scan": graph.model_name,
-        "prompt": graph.prompt,
-        "prompt_tokens": list(graph.token_strings),
-        "replacement_score": replacement,
-        "completeness_score": completeness,
-    }
-    return {
-        "metadata": metadata,
-        "qParams": {"pinnedIds": [], "supernodes": []},
-        "nodes": nodes,
-        "links": links,
-    }
-
-
-def save_graph_json(graph: AttributionGraph, path: str | Path, pruned: PruneResult | None = None) -> Path:
-    """Write ``graph_json`` to ``path`` atomically."""
-    return atomic_write(
-        Path(path), json.dumps(graph_json(graph, pruned, slug=Path(path).stem), indent=1) + "\n"
-    )

@@ -1,5 +1,5 @@
-"""The attribution-graph page in headless Chromium: offline, no console error, nodes drawn, a click
-shows the node's card and edges, hovering shows its values."""
+"""The attribution-graph page in headless Chromium: offline, no console error, nodes and the path
+through features drawn, a click shows the node's card and edges, hovering shows its values."""
 
 from pathlib import Path
 
@@ -24,6 +24,8 @@ def test_graph_page_is_interactive_offline(chromium, tmp_path: Path) -> None:
     nodes = driver.find_elements("css selector", "#graph-svg .gnode")
     assert len(nodes) >= 4
     assert len(driver.find_elements("css selector", "#graph-svg line")) >= 3
+    # the planted path token A → F0 → F1 → logit T is drawn over the graph: three path segments
+    assert len(driver.find_elements("css selector", "#graph-svg line.gpath")) >= 3
     f0 = graph.feature_index(0, 5, N0)
     node = driver.find_element("css selector", f"#gn-{f0}")
     driver.execute_script(

@@ -1,5 +1,6 @@
 """``mechlab graph``: bad inputs fail before the model loads; on SmolLM2 the page is written."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,10 +69,22 @@ def test_graph_command_on_smollm2(tmp_path: Path, capsys: pytest.CaptureFixture[
             "32",
             "--verify-top",
             "5",
+            "--corpus-tokens",
+            "512",
+            "--node-threshold",
+            "1",
+            "--edge-threshold",
+            "1",
         ]
     )
     text = capsys.readouterr().out
     assert code == 0, text
     assert "replacement score" in text and "completeness score" in text and "intervention agreement" in text
+    assert "Strongest paths through features to ' Paris'" in " ".join(text.split())
     html = out.read_text()
-    assert "Paris" in html and "graph-svg" in html and (tmp_path / "g.json").is_file()
+    assert "Paris" in html and "graph-svg" in html and "Paths through features" in html
+    nodes = json.loads((tmp_path / "g.json").read_text())["nodes"]
+    features = [n for n in nodes if n["feature_type"] == "cross layer transcoder"]
+    # every feature (all kept: thresholds 1) is named from its corpus contexts and the token it promotes
+    assert features and all("→ " in n["clerp"] for n in features)
+    assert any(not n["clerp"].startswith("→") for n in features)  # some fired in the corpus

@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 import mechlab
-from mechlab.dictionaries.train import TrainConfig
+from mechlab.dictionaries import SAEConfig
+from mechlab.dictionaries.harvest import TensorBuffer
+from mechlab.dictionaries.train import TrainConfig, train_sae_on
 from mechlab.dictionaries.transcoder import Transcoder, load_transcoder, load_transcoders, transcoder_config
 from mechlab.dictionaries.transcoder_train import evaluate_transcoders, train_transcoders
 from mechlab.errors import InputError
@@ -115,12 +117,15 @@ def test_training_explains_the_mlp_output() -> None:
     assert abs(result.ce_replaced - result.ce_clean) < abs(untrained.ce_replaced - result.ce_clean)
 
 
+TINY = TrainConfig(
+    architecture="topk", d_sae=64, k=8, n_tokens=2048, batch_size=256, buffer_rows=4096, context=16
+)
+
+
 def test_layer_groups_and_resume_give_the_same_transcoders(tmp_path: Path) -> None:
     model = mechlab.load_model("toy:tiny").model
     tokens = torch.randint(0, 50, (64, 16), generator=torch.Generator().manual_seed(0))
-    config = TrainConfig(
-        architecture="topk", d_sae=64, k=8, n_tokens=2048, batch_size=256, buffer_rows=4096, context=16
-    )
+    config = TINY
     together = train_transcoders(model, tokens, config)
     one_row_bytes = 64 * 15 * 2 * 32 * 2  # rows × [mlp_in, mlp_out] × d_model × float16: one layer
     apart = train_transcoders(model, tokens, config, max_bytes=one_row_bytes, out_dir=tmp_path)
@@ -132,3 +137,52 @@ def test_layer_groups_and_resume_give_the_same_transcoders(tmp_path: Path) -> No
         assert torch.allclose(resumed[layer].W_dec, together[layer].W_dec)
     with pytest.raises(InputError, match="other than the one asked for"):
         train_transcoders(model, tokens, config.replace(d_sae=32), out_dir=tmp_path)
+
+
+def _linear_rows(n: int = 8192, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[x, y]`` rows whose output is a dense linear map of the input (``a``), plus ``a``."""
+    g = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(n, d, generator=g)
+    a = torch.randn(d, d, generator=g) / 4
+    return torch.cat([x, x @ a], dim=-1), a
+
+
+def test_a_skip_connection_learns_the_dense_linear_part_the_sparse_code_cannot() -> None:
+    rows, a = _linear_rows()
+    config = TrainConfig(
+        architecture="topk", d_sae=32, k=2, n_tokens=256 * 400, batch_size=256, buffer_rows=4096, lr=1e-2
+    )
+    cfg = transcoder_config(16, 0, 32, architecture="topk", k=2)
+    x, y = rows[:1024, :16], rows[:1024, 16:]
+
+    def fve(tc: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(1 - (tc(x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+
+    with_skip = train_sae_on(TensorBuffer(rows, seed=0), cfg, config.replace(skip=True))
+    without = train_sae_on(TensorBuffer(rows, seed=0), cfg, config)
+    assert isinstance(with_skip, Transcoder) and with_skip.W_skip is not None
+    assert without.__class__ is not Transcoder
+    # on raw rows (the training scales folded in): near-exact with the skip, poor with 2 latents alone
+    assert fve(with_skip) > 0.999 and fve(without) < 0.8
+    # the skip carries most of the map (the sparse code takes a little of it: 0.15 measured)
+    assert float((with_skip.W_skip.detach() - a).norm() / a.norm()) < 0.3
+
+
+def test_skip_transcoders_save_load_resume_and_refuse_a_skipless_recipe(tmp_path: Path) -> None:
+    model = mechlab.load_model("toy:tiny").model
+    tokens = torch.randint(0, 50, (64, 16), generator=torch.Generator().manual_seed(0))
+    config = TINY.replace(skip=True)
+    trained = train_transcoders(model, tokens, config, out_dir=tmp_path)
+    loaded = load_transcoders(tmp_path)
+    for layer in (0, 1):
+        assert trained[layer].W_skip is not None and bool(trained[layer].W_skip.abs().sum() > 0)
+        assert torch.equal(trained[layer].W_skip, loaded[layer].W_skip)
+    with pytest.raises(InputError, match="skip=True"):
+        train_transcoders(model, tokens, config.replace(skip=False), out_dir=tmp_path)
+    with pytest.raises(InputError, match="trains a transcoder's skip connection"):
+        train_sae_on(
+            TensorBuffer(torch.zeros(512, 8)),
+            SAEConfig(8, 16, "topk", "resid_post.0", k=2),
+            config.replace(d_sae=16, k=2),
+        )

@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 from mechlab.graphs.attribution import attribute
+from mechlab.graphs.export import graph_json, save_graph_json
 from mechlab.graphs.prune import prune_graph
 from mechlab.graphs.verify import verify_graph
-from mechlab.graphs.viewer import graph_data, graph_json, graph_page, logit_effects, save_graph_json
+from mechlab.graphs.viewer import graph_data, graph_page, logit_effects
 from tests.unit.graphs.planted import N0, N1, PROMPT, T, planted_model
 
 

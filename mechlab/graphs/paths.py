@@ -1,0 +1,134 @@
+"""Paths through named features: how each input token reaches the output through features alone.
+
+``feature_paths``: for each input token, the chain token → feature → … → feature → logit of positive
+direct effects (each step raises the next node) whose *share* is largest, the share being the
+product of the edges' normalised weights (``prune.normalize_matrix``: an edge's |weight| over all
+|weights| into its target). A token's influence on a logit is the sum of the shares of all its
+paths, error nodes included; a path's share is its part of that sum, so a path through features
+with share 0.01 carries 1% of the logit's input. Error nodes are never on a path: a path is the
+part of the computation the transcoders explain.
+
+``feature_names``: a short name per feature node from its feature page (the tokens it fires most
+on in the corpus) and its logit effects (the token its decoder row promotes most), e.g.
+``"Tower·Bridge → ' Paris'"``, as circuit-tracer's ``clerp`` labels but computed, not written.
+"""
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+
+from mechlab.dictionaries.features import FeatureReport
+from mechlab.graphs.graph import AttributionGraph
+from mechlab.graphs.prune import PruneResult, normalize_matrix
+from mechlab.render.tokens import visible
+
+Effects = Mapping[int, tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]]]
+
+
+class FeaturePath(NamedTuple):
+    """A path token → features → logit: node indices in order, its share, and its edges' weights."""
+
+    nodes: tuple[int, ...]
+    share: float
+    weights: tuple[float, ...]
+
+
+def feature_paths(
+    graph: AttributionGraph, pruned: PruneResult | None = None, *, logit: int = 0
+) -> list[FeaturePath]:
+    """For each input token with one, its path through features to logit node ``logit`` (0: the
+    first, the target) with the largest share; strongest first. With ``pruned``, only over the edges
+    it kept (so every path is visible in the pruned graph); shares stay those of the whole input."""
+    share = normalize_matrix(graph.adjacency)  # shares of the whole input, pruned edges included
+    positive = graph.adjacency > 0
+    if pruned is not None:
+        positive &= pruned.edge_mask
+    n_features, target = graph.n_features, graph.logit_start + logit
+    # best[i]: the largest share of a path from node i through features to the target; nxt[i] its next node
+    n_nodes = graph.adjacency.shape[0]
+    best = torch.zeros(n_nodes, dtype=torch.float64)
+    nxt = torch.full((n_nodes,), -1, dtype=torch.long)
+    best[target] = 1.0
+    layers = graph.active_features[:, 0]
+    for index in sorted(range(n_features), key=lambda i: -int(layers[i])):
+        _step(index, best, nxt, share, positive, targets=[target, *range(n_features)])
+    paths = []
+    for pos in range(graph.n_pos):
+        node = graph.token_start + pos
+        _step(node, best, nxt, share, positive, targets=list(range(n_features)))
+        if best[node] > 0:
+            chain = [node]
+            while chain[-1] != target:
+                chain.append(int(nxt[chain[-1]]))
+            weights = tuple(float(graph.adjacency[b, a]) for a, b in itertools.pairwise(chain))
+            paths.append(FeaturePath(tuple(chain), float(best[node]), weights))
+    return sorted(paths, key=lambda p: -p.share)
+
+
+def _step(
+    node: int,
+    best: torch.Tensor,
+    nxt: torch.Tensor,
+    share: torch.Tensor,
+    positive: torch.Tensor,
+    targets: list[int],
+) -> None:
+    """Set ``best[node]``/``nxt[node]`` from the best positive edge ``node → t`` among ``targets``."""
+    index = torch.tensor(targets)
+    scores = torch.where(positive[index, node], share[index, node].double() * best[index], 0.0)
+    top = int(scores.argmax())
+    if scores[top] > 0:
+        best[node], nxt[node] = scores[top], index[top]
+
+
+def feature_names(
+    graph: AttributionGraph,
+    effects: Effects | None = None,
+    reports: Mapping[int, FeatureReport] | None = None,
+    *,
+    tokens: int = 2,
+) -> dict[int, str]:
+    """A name per feature node: ``"A·B → 'x'"``, the ``tokens`` distinct tokens it peaks on in its
+    top contexts (``reports``, per layer) and the token its decoder promotes most (``effects``)."""
+    names = {}
+    for index in range(graph.n_features):
+        layer, _, latent = (int(v) for v in graph.active_features[index])
+        parts = []
+        report = (reports or {}).get(layer)
+        if report is not None:
+            try:
+                contexts = report[latent].contexts
+            except (KeyError, IndexError, ValueError):
+                contexts = ()
+            peaks: list[str] = []
+            for context in contexts:
+                word = visible(context.tokens[context.peak]).strip() or visible(context.tokens[context.peak])
+                if word not in peaks:
+                    peaks.append(word)
+            if peaks:
+                parts.append("·".join(peaks[:tokens]))
+        up = (effects or {}).get(index, ((), ()))[0]
+        if up:
+            parts.append(f"→ {visible(up[0][0])!r}")
+        if parts:
+            names[index] = " ".join(parts)
+    return names
+
+
+def describe_path(graph: AttributionGraph, path: FeaturePath, names: Mapping[int, str]) -> str:
+    """One line: ``'Tower'@3 → L0 F12@3 [Tower·Bridge → ' Paris'] → … → ' Paris' (share 0.012)``."""
+    steps = []
+    for node in path.nodes:
+        kind = graph.node_kind(node)
+        if kind == "token":
+            pos = node - graph.token_start
+            steps.append(f"{visible(graph.token_strings[pos])!r}@{pos}")
+        elif kind == "feature":
+            layer, pos, latent = (int(v) for v in graph.active_features[node])
+            name = names.get(node)
+            steps.append(f"L{layer} F{latent}@{pos}" + (f" [{name}]" if name else ""))
+        else:
+            steps.append(visible(graph.logit_labels[node - graph.logit_start]))
+    return " → ".join(steps) + f" (share {path.share:.2e})"
