@@ -5,7 +5,7 @@
    ``--n-tokens`` training rows drawn from them (several epochs), checkpointed and resumable.
    The same SAE comes from the CLI::
 
-       mechlab sae train smollm2 --site resid_post.15 --d-sae 9216 --k 64 --n-tokens 8000000 \\
+       mechlab sae train smollm2 --site resid_post.15 --d-sae 9216 --k 64 --n-tokens 16000000 \\
            --harvest-tokens 1040384 --batch-size 1024 --lr 3e-4 --dead-after-tokens 100000 \\
            --autocast bfloat16 --out DIR
 
@@ -17,8 +17,8 @@
 
 Exits non-zero when a target is missed.
 
-Run: ``.venv/bin/python bench/sae.py`` (the first time: the harvest ~6 min; training took 1.5 h on one
-thread of 2 shared cores; ``--threads N`` pins torch).
+Run: ``.venv/bin/python bench/sae.py`` (the first time: the harvest ~6 min; training took 87 min on one
+thread while another job used the other core; ``--threads N`` pins torch).
 """
 
 import argparse

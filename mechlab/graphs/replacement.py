@@ -270,7 +270,7 @@ def replacement_logits(
         return replacement_forward(model, run, transcoders, Sources(batch=1))[0]
 
 
-def describe_path(run: ReplacementRun) -> dict[str, Any]:
+def describe(run: ReplacementRun) -> dict[str, Any]:
     """Sizes of a run, for messages: positions, active features per layer, error norms."""
     return {
         "n_pos": run.n_pos,
