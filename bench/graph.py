@@ -37,7 +37,7 @@ RECIPE = {
     "autocast": "bfloat16",
     "skip": False,  # True: better MLP FVE, but the graph's intervention agreement fell to r = 0.27 (README)
 }
-NAMING_TOKENS = 4096  # corpus tokens read for the features' top contexts (their names)
+NAMING_TOKENS = 16_384  # corpus tokens read for the features' top contexts (their names)
 CAPTURE_TOKENS = 782 * 128  # 100,096 tokens in 128-token windows: 230 MB of float16 rows per layer
 
 

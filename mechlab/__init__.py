@@ -98,7 +98,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "mechlab.dictionaries.evaluate": ("SAEEvaluation", "evaluate_sae"),
     "mechlab.dictionaries.train": ("TrainConfig", "TrainProgress", "train_sae"),
     "mechlab.dictionaries.site": ("SAESite", "attach_sae", "detach_sae"),
-    "mechlab.dictionaries.features": ("FeatureReport", "feature_pages"),
+    "mechlab.dictionaries.features": ("FeatureReport", "feature_pages", "feature_pages_many"),
     "mechlab.dictionaries.transcoder": ("Transcoder", "load_transcoder", "load_transcoders"),
     "mechlab.dictionaries.transcoder_train": (
         "TranscoderEvaluation",

@@ -10,7 +10,8 @@ For each latent a page shows, as Neuronpedia's feature dashboards do:
   straight through the unembedding (``W_dec[latent] @ W_U``, no final norm, as SAELens and
   Neuronpedia compute them) — where the latent writes into the residual stream's space.
 
-``feature_pages`` reads the corpus in one pass, batch by batch, and keeps only bounded state per
+``feature_pages`` reads the corpus in one pass, batch by batch (``feature_pages_many``: one pass for
+several SAEs), and keeps only bounded state per
 latent: the ``contexts`` best windows (values, tokens, where they came from), a fixed log-spaced
 histogram and a few running sums. Memory is ``O(latents × contexts × window)`` whatever the
 corpus size. The result renders itself (``FeatureReport.page()``, ``save(path)``) as one offline
@@ -19,8 +20,8 @@ HTML page through ``mechlab.render.page``.
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +388,35 @@ def feature_pages(
     Raises:
         InputError: an empty corpus, a latent that does not exist, or non-positive sizes.
     """
+    return feature_pages_many(
+        model,
+        {name: (sae, latents)},
+        tokens,
+        top=top,
+        contexts=contexts,
+        window=window,
+        logits=logits,
+        batch_size=batch_size,
+        corpus=corpus,
+        progress=progress,
+    )[name]
+
+
+def feature_pages_many(
+    model: HookedModel,
+    saes: Mapping[str, tuple[SAE | SAESite, Sequence[int] | None]],
+    tokens: Int[Tensor, "seq seq_pos"],
+    *,
+    top: int = 20,
+    contexts: int = 10,
+    window: tuple[int, int] = (16, 4),
+    logits: int = 10,
+    batch_size: int = 8,
+    corpus: str = "the given tokens",
+    progress: Progress | None = None,
+) -> dict[str, FeatureReport]:
+    """``feature_pages`` of several SAEs (``{name: (sae, latents)}``) from one shared pass over the
+    corpus: every batch runs the model once and feeds each SAE. Arguments as ``feature_pages``."""
     if (
         not isinstance(tokens, Tensor)
         or tokens.ndim != 2
@@ -401,42 +431,77 @@ def feature_pages(
             f"feature_pages needs top, contexts, batch_size ≥ 1, logits ≥ 0 and window ≥ (0, 0); got "
             f"top={top}, contexts={contexts}, batch_size={batch_size}, logits={logits}, window={window}."
         )
-    scope = nullcontext(sae) if isinstance(sae, SAESite) else attached(model, sae, name=kind_name(name))
-    with scope as kind, torch.no_grad():
-        d_sae = kind.sae.cfg.d_sae
-        chosen = None if latents is None else list(dict.fromkeys(int(i) for i in latents))
-        if chosen is not None:
-            bad = [i for i in chosen if not 0 <= i < d_sae]
-            if bad or not chosen:
-                raise InputError(f"Latents {bad or chosen} do not exist: the SAE has latents 0..{d_sae - 1}.")
-        tracked = d_sae if chosen is None else len(chosen)
-        running = _Running(tracked, min(contexts, int(tokens.shape[0])), sum(window) + 1)
-        site = kind.site()
+    with ExitStack() as stack, torch.no_grad():
+        kinds: dict[str, SAESite] = {}
+        chosen: dict[str, list[int] | None] = {}
+        running: dict[str, _Running] = {}
+        for name, (sae, latents) in saes.items():
+            kind = (
+                sae
+                if isinstance(sae, SAESite)
+                else stack.enter_context(attached(model, sae, name=kind_name(name)))
+            )
+            d_sae = kind.sae.cfg.d_sae
+            picked = None if latents is None else list(dict.fromkeys(int(i) for i in latents))
+            if picked is not None:
+                bad = [i for i in picked if not 0 <= i < d_sae]
+                if bad or not picked:
+                    raise InputError(
+                        f"Latents {bad or picked} do not exist: the SAE has latents 0..{d_sae - 1}."
+                    )
+            tracked = d_sae if picked is None else len(picked)
+            kinds[name], chosen[name] = kind, picked
+            running[name] = _Running(tracked, min(contexts, int(tokens.shape[0])), sum(window) + 1)
+        sites = {name: kind.site() for name, kind in kinds.items()}
         device = torch.device(model.cfg.device)
         n_batches = math.ceil(tokens.shape[0] / batch_size)
         for b in range(n_batches):
             batch = tokens[b * batch_size : (b + 1) * batch_size].to(device)
-            acts = capture(model, batch, site, max_bytes=None, logits=False)[site]
-            if not torch.isfinite(acts).all():
-                raise InputError(
-                    f"The SAE's latents are not finite on corpus sequences {b * batch_size}.."
-                    f"{b * batch_size + len(batch) - 1}: check the SAE's weights and the model's dtype."
+            captured = capture(model, batch, list(sites.values()), max_bytes=None, logits=False)
+            for name, site in sites.items():
+                acts = captured[site]
+                if not torch.isfinite(acts).all():
+                    raise InputError(
+                        f"The SAE's latents are not finite on corpus sequences {b * batch_size}.."
+                        f"{b * batch_size + len(batch) - 1}: check the SAE's weights and the model's dtype."
+                    )
+                picked = chosen[name]
+                running[name].update(
+                    acts if picked is None else acts[..., picked], batch, b * batch_size, window[0]
                 )
-            running.update(acts if chosen is None else acts[..., chosen], batch, b * batch_size, window[0])
             if progress is not None:
                 progress(Step(b + 1, n_batches))
-        n_tokens = int(tokens.numel())
-        frequency = running.n_active.double() / n_tokens
-        order = chosen or frequency.argsort(descending=True, stable=True)[:top].tolist()
-        rows = list(range(tracked)) if chosen is not None else order
-        features = tuple(
-            _feature(model, kind, running, row, latent, n_tokens, logits)
-            for row, latent in zip(rows, order, strict=True)
-        )
-        if chosen is not None:
-            full = torch.full((d_sae,), math.nan, dtype=torch.float64)
-            full[chosen] = frequency
-            frequency = full
+        return {
+            name: _report(
+                model, kinds[name], running[name], chosen[name], top, logits, int(tokens.numel()), corpus
+            )
+            for name in saes
+        }
+
+
+def _report(
+    model: HookedModel,
+    kind: SAESite,
+    running: _Running,
+    chosen: list[int] | None,
+    top: int,
+    logits: int,
+    n_tokens: int,
+    corpus: str,
+) -> FeatureReport:
+    """The report of one SAE once the pass is over."""
+    d_sae = kind.sae.cfg.d_sae
+    frequency = running.n_active.double() / n_tokens
+    order = chosen or frequency.argsort(descending=True, stable=True)[:top].tolist()
+    rows = list(range(len(chosen))) if chosen is not None else order
+    features = tuple(
+        _feature(model, kind, running, row, latent, n_tokens, logits)
+        for row, latent in zip(rows, order, strict=True)
+    )
+    if chosen is not None:
+        full = torch.full((d_sae,), math.nan, dtype=torch.float64)
+        full[chosen] = frequency
+        frequency = full
     return FeatureReport(kind.name, str(kind.sae.cfg.site), features, n_tokens, corpus, frequency.float())
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlab.dictionaries.features import FeatureReport, feature_pages
+from mechlab.dictionaries.features import FeatureReport, feature_pages_many
 from mechlab.dictionaries.transcoder import Transcoder, encoder_view
 from mechlab.graphs.attribution import _label
 from mechlab.graphs.graph import AttributionGraph
@@ -150,24 +150,26 @@ def feature_reports(
     contexts: int = 5,
 ) -> dict[int, FeatureReport]:
     """Feature pages (top-activating contexts over the corpus windows ``tokens``) of the features
-    kept in the pruned graph, one report per layer (``mechlab.dictionaries.features``)."""
+    kept in the pruned graph, one report per layer, from one pass over the corpus
+    (``mechlab.dictionaries.features.feature_pages_many``)."""
     kept = pruned.node_mask[: graph.n_features].nonzero(as_tuple=True)[0]
     wanted: dict[int, set[int]] = {}
     for index in kept.tolist():
         layer, _, feature = (int(v) for v in graph.active_features[index])
         wanted.setdefault(layer, set()).add(feature)
-    return {
-        layer: feature_pages(
-            model,
-            encoder_view(transcoders[layer]),
-            tokens,
-            latents=sorted(features),
-            contexts=contexts,
-            logits=0,
-            name=f"tc{layer}",
-        )
-        for layer, features in sorted(wanted.items())
-    }
+    if not wanted:
+        return {}
+    reports = feature_pages_many(
+        model,
+        {
+            f"tc{layer}": (encoder_view(transcoders[layer]), sorted(features))
+            for layer, features in sorted(wanted.items())
+        },
+        tokens,
+        contexts=contexts,
+        logits=0,
+    )
+    return {layer: reports[f"tc{layer}"] for layer in sorted(wanted)}
 
 
 def graph_data(
@@ -268,7 +270,7 @@ def graph_page(
     """The interactive page of ``graph`` (pruned with circuit-tracer's defaults unless given).
 
     ``effects``: ``logit_effects(...)`` for feature cards; ``reports``: feature pages per layer
-    (``mechlab.dictionaries.features.feature_pages`` of each layer's transcoder) for top contexts.
+    (``feature_reports``: each layer's transcoder's feature pages) for top contexts.
     """
     pruned = pruned if pruned is not None else prune_graph(graph)
     effects = effects or {}

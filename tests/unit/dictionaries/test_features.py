@@ -5,7 +5,14 @@ import pytest
 import torch
 
 import mechlab
-from mechlab.dictionaries.features import Context, Feature, FeatureReport, bin_edges, feature_pages
+from mechlab.dictionaries.features import (
+    Context,
+    Feature,
+    FeatureReport,
+    bin_edges,
+    feature_pages,
+    feature_pages_many,
+)
 from mechlab.dictionaries.site import attached
 from mechlab.errors import InputError
 from tests.unit.dictionaries.test_site import make_sae
@@ -84,6 +91,27 @@ def test_batch_size_and_chosen_latents_do_not_change_the_pages(tiny, everything)
     assert again.name == "sae"
     with pytest.raises(mechlab.SiteError, match="Unknown site kind 'sae'"):
         mechlab.Site("sae", 1)  # the temporary kind is gone
+
+
+def test_one_pass_for_several_saes_gives_each_its_own_pages(tiny, everything) -> None:
+    sae, _, report = everything
+    other = make_sae(seed=1)
+    chosen = [report.features[1].latent, report.features[3].latent]
+    both = feature_pages_many(
+        tiny.model,
+        {"one": (sae, chosen), "two": (other, None)},
+        CORPUS,
+        top=6,
+        contexts=4,
+        window=(3, 2),
+        batch_size=7,
+    )
+    alone = feature_pages(tiny.model, other, CORPUS, top=6, contexts=4, window=(3, 2), batch_size=7)
+    assert both["one"].features == (report.features[1], report.features[3])
+    assert both["two"].features == alone.features
+    torch.testing.assert_close(both["two"].frequency, alone.frequency)
+    assert both["one"].features != both["two"].features[:2]  # two different SAEs
+    assert mechlab.active_hook_count(tiny.model) == 0
 
 
 def test_bad_inputs_are_refused(tiny) -> None:
