@@ -11,11 +11,10 @@ For each latent a page shows, as Neuronpedia's feature dashboards do:
   Neuronpedia compute them) — where the latent writes into the residual stream's space.
 
 ``feature_pages`` reads the corpus in one pass, batch by batch (``feature_pages_many``: one pass for
-several SAEs), and keeps only bounded state per
-latent: the ``contexts`` best windows (values, tokens, where they came from), a fixed log-spaced
-histogram and a few running sums. Memory is ``O(latents × contexts × window)`` whatever the
-corpus size. The result renders itself (``FeatureReport.page()``, ``save(path)``) as one offline
-HTML page through ``mechlab.render.page``.
+several SAEs), and keeps only bounded state per latent: the ``contexts`` best windows (values,
+tokens, where they came from), a fixed log-spaced histogram and a few running sums. Memory is
+``O(latents × contexts × window)`` whatever the corpus size. The result renders itself
+(``FeatureReport.page()``, ``save(path)``) as one offline HTML page through ``mechlab.render.page``.
 """
 
 import dataclasses
@@ -462,7 +461,7 @@ def feature_pages_many(
                 acts = captured[site]
                 if not torch.isfinite(acts).all():
                     raise InputError(
-                        f"The SAE's latents are not finite on corpus sequences {b * batch_size}.."
+                        f"The latents of SAE {name!r} are not finite on corpus sequences {b * batch_size}.."
                         f"{b * batch_size + len(batch) - 1}: check the SAE's weights and the model's dtype."
                     )
                 picked = chosen[name]
