@@ -21,7 +21,7 @@ from mechlab.cli.common import load, model_options, non_negative_float, positive
 EXAMPLES = """\
 Examples:
   mechlab sae corpus
-  mechlab sae train smollm2 --site resid_post.15 --d-sae 9216 --k 64 --n-tokens 8000000 \\
+  mechlab sae train smollm2 --site resid_post.15 --d-sae 9216 --k 64 --n-tokens 16000000 \\
       --harvest-tokens 1040384 --batch-size 1024 --lr 3e-4 --dead-after-tokens 100000 \\
       --autocast bfloat16 --out saes/smollm2-l15
   mechlab sae eval smollm2 saes/smollm2-l15 --tokens 8192 --json eval.json

@@ -52,12 +52,14 @@ def feature_paths(
     nxt = torch.full((n_nodes,), -1, dtype=torch.long)
     best[target] = 1.0
     layers = graph.active_features[:, 0]
+    features = torch.arange(n_features)
+    into_features_or_target = torch.cat([torch.tensor([target]), features])
     for index in sorted(range(n_features), key=lambda i: -int(layers[i])):
-        _step(index, best, nxt, share, positive, targets=[target, *range(n_features)])
+        _step(index, best, nxt, share, positive, into_features_or_target)
     paths = []
     for pos in range(graph.n_pos):
         node = graph.token_start + pos
-        _step(node, best, nxt, share, positive, targets=list(range(n_features)))
+        _step(node, best, nxt, share, positive, features)
         if best[node] > 0:
             chain = [node]
             while chain[-1] != target:
@@ -73,14 +75,13 @@ def _step(
     nxt: torch.Tensor,
     share: torch.Tensor,
     positive: torch.Tensor,
-    targets: list[int],
+    targets: torch.Tensor,
 ) -> None:
     """Set ``best[node]``/``nxt[node]`` from the best positive edge ``node → t`` among ``targets``."""
-    index = torch.tensor(targets)
-    scores = torch.where(positive[index, node], share[index, node].double() * best[index], 0.0)
+    scores = torch.where(positive[targets, node], share[targets, node].double() * best[targets], 0.0)
     top = int(scores.argmax())
     if scores[top] > 0:
-        best[node], nxt[node] = scores[top], index[top]
+        best[node], nxt[node] = scores[top], targets[top]
 
 
 def feature_names(

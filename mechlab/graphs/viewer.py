@@ -15,7 +15,7 @@ promote); each input token's strongest path through features to the target (``pa
 is listed and drawn over the graph in dark blue.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from mechlab.dictionaries.features import FeatureReport, feature_pages_many
 from mechlab.dictionaries.transcoder import Transcoder, encoder_view
 from mechlab.graphs.attribution import _label
 from mechlab.graphs.graph import AttributionGraph
-from mechlab.graphs.paths import describe_path, feature_names, feature_paths
+from mechlab.graphs.paths import FeaturePath, describe_path, feature_names, feature_paths
 from mechlab.graphs.prune import PruneResult, graph_scores, prune_graph
 from mechlab.graphs.verify import Verification
 from mechlab.render.html import escape, table
@@ -173,11 +173,15 @@ def feature_reports(
 
 
 def graph_data(
-    graph: AttributionGraph, pruned: PruneResult, names: Mapping[int, str] | None = None
+    graph: AttributionGraph,
+    pruned: PruneResult,
+    names: Mapping[int, str] | None = None,
+    paths: Sequence[FeaturePath] | None = None,
 ) -> dict[str, Any]:
     """The pruned graph as plain data: nodes (with row/column layout), links, labels, and each
-    token's strongest path through features (node ids)."""
+    token's strongest path through features (node ids; ``feature_paths`` unless given)."""
     names = names or {}
+    paths = feature_paths(graph, pruned) if paths is None else paths
     from mechlab.graphs.prune import node_influence
 
     influence = node_influence(graph)
@@ -222,7 +226,7 @@ def graph_data(
         "nodes": nodes,
         "links": links,
         "labels": {str(n["id"]): n["label"] for n in nodes},
-        "paths": [list(path.nodes) for path in feature_paths(graph, pruned)],
+        "paths": [list(path.nodes) for path in paths],
         "token_labels": [visible(t) for t in graph.token_strings],
     }
 
@@ -307,7 +311,8 @@ def graph_page(
         "Tokens at the bottom, one row per layer (circles: features, squares: error nodes), logits on top. "
         "Hover a node for its values; click it for its card and strongest edges.",
     )
-    data = graph_data(graph, pruned, names)
+    paths = feature_paths(graph, pruned)
+    data = graph_data(graph, pruned, names, paths)
     cards = "".join(
         _card(graph, n["id"], effects, reports or {}) for n in data["nodes"] if n["kind"] == "feature"
     )
@@ -318,7 +323,6 @@ def graph_page(
         f'<div id="graph-cards">{cards}</div>'
         "<script>" + _SCRIPT.replace("__DATA__", script_json(data)) + "</script>"
     )
-    paths = feature_paths(graph, pruned)
     route = page.section(
         "Paths through features",
         "For each input token, its chain of positive direct effects through features alone to "
