@@ -8,7 +8,8 @@
 2. Computes the attribution graph of ``--prompt`` with the transcoders in ``DIR``
    (``mechlab.attribute_graph``), prints its size, the time, the replacement and completeness
    scores, and the intervention agreement r over the top features (target: r ≥ 0.8); names the
-   kept features (top contexts in ``NAMING_TOKENS`` corpus tokens, promoted token) and prints each
+   kept features (layer 0's by the vocabulary tokens that excite them alone, the others by their top
+   contexts in ``NAMING_TOKENS`` corpus tokens; all by their promoted tokens) and prints each
    prompt token's strongest path through features to the target (``mechlab.feature_paths``);
    writes the page and the JSON when ``--out`` is given.
 
@@ -31,7 +32,7 @@ RECIPE = {
     "d_sae": 2304,
     "k": 32,
     "n_tokens": 1_000_000,
-    "batch_size": 1024,
+    "batch_size": 256,  # 3,906 steps; layer 13's held-out FVE 0.596 against 0.561 at batch 1024
     "lr": 1e-3,
     "dead_after_tokens": 50_000,
     "autocast": "bfloat16",
@@ -98,14 +99,19 @@ def graph(model: object, directory: Path, prompt: str, out: Path | None, max_fea
     effects = mechlab.logit_effects(model, transcoders, result)
     corpus = mechlab.corpus_tokens(model, NAMING_TOKENS, context=64, split="heldout")
     reports = mechlab.feature_reports(model, transcoders, result, pruned, corpus)
-    names = mechlab.feature_names(result, effects, reports)
-    print(f"feature names from {NAMING_TOKENS:,} corpus tokens: {time.perf_counter() - started:.1f} s")
+    print(f"feature pages from {NAMING_TOKENS:,} corpus tokens: {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    inputs = mechlab.vocabulary_inputs(model, transcoders, result, pruned)
+    names = mechlab.feature_names(result, effects, reports, inputs=inputs)
+    print(f"vocabulary through layer 0 for its features' names: {time.perf_counter() - started:.1f} s")
     paths = mechlab.feature_paths(result, pruned)
     print(f"strongest paths through features to {result.logit_labels[0]!r}, per prompt token:")
     for path in paths:
         print("  " + mechlab.describe_path(result, path, names))
     if out is not None:
-        page = mechlab.graph_page(result, pruned=pruned, verification=check, effects=effects, reports=reports)
+        page = mechlab.graph_page(
+            result, pruned=pruned, verification=check, effects=effects, reports=reports, inputs=inputs
+        )
         page.save(out)
         mechlab.save_graph_json(result, out.with_suffix(".json"), pruned, names=names)
         print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -120,6 +120,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "prune_graph",
         "save_graph_json",
         "verify_graph",
+        "vocabulary_inputs",
     ),
     "mechlab.directions": (
         "Direction",

@@ -4,9 +4,10 @@
 transcoder per layer from ``DIR`` (``layer_N/`` directories or files, mechlab / circuit-tracer /
 Gemma Scope 2 layouts), computes the graph (``mechlab.attribute_graph``), prunes it, ablates the
 top features in the real model to measure the intervention agreement, prints the replacement and
-completeness scores and the agreement, names the features from their top contexts in the corpus
-and their logit effects, prints the strongest paths through features from the prompt's tokens to
-the target (``mechlab.feature_paths``), and writes the offline interactive page (and ``--json``).
+completeness scores and the agreement, names the features (layer 0's by the vocabulary tokens that
+excite them alone, the others by their top contexts in the corpus; all by their logit effects),
+prints the strongest paths through features from the prompt's tokens to the target
+(``mechlab.feature_paths``), and writes the offline interactive page (and ``--json``).
 """
 
 import argparse
@@ -89,7 +90,9 @@ def cmd_graph(args: argparse.Namespace, console: Console) -> int:
         with console.status("Reading feature contexts from the corpus"):
             tokens = mechlab.corpus_tokens(model, args.corpus_tokens, context=64, split="heldout")
             reports = mechlab.feature_reports(model, transcoders, graph, pruned, tokens)
-    names = mechlab.feature_names(graph, effects, reports)
+    with console.status("Running the vocabulary through layer 0 for its features' names"):
+        inputs = mechlab.vocabulary_inputs(model, transcoders, graph, pruned)
+    names = mechlab.feature_names(graph, effects, reports, inputs=inputs)
     paths = mechlab.feature_paths(graph, pruned)
     console.print(
         f"Strongest paths through features to {graph.logit_labels[0]!r} "
@@ -99,7 +102,9 @@ def cmd_graph(args: argparse.Namespace, console: Console) -> int:
         console.print("  " + escape(mechlab.describe_path(graph, path, names)), highlight=False)
     if not paths:
         console.print("  none: every path from the prompt's tokens runs through an error node")
-    page = mechlab.graph_page(graph, pruned=pruned, verification=check, effects=effects, reports=reports)
+    page = mechlab.graph_page(
+        graph, pruned=pruned, verification=check, effects=effects, reports=reports, inputs=inputs
+    )
     console.print(f"Wrote {page.save(out)}")
     if json_path is not None:
         console.print(f"Wrote {mechlab.save_graph_json(graph, json_path, pruned, names=names)}")

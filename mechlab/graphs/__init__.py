@@ -6,14 +6,15 @@
   backward passes.
 - ``prune``: node and edge influence, pruning, the replacement and completeness scores.
 - ``verify``: feature interventions in the real model against the graph's predictions.
-- ``paths``: each input token's strongest path through features, and feature names.
+- ``paths``: each input token's strongest path through features; ``names``: feature names.
 - ``viewer``: the offline interactive HTML page; ``export``: circuit-tracer-style JSON.
 """
 
 from mechlab.graphs.attribution import attribute
 from mechlab.graphs.export import graph_json, save_graph_json
 from mechlab.graphs.graph import AttributionGraph
-from mechlab.graphs.paths import FeaturePath, describe_path, feature_names, feature_paths
+from mechlab.graphs.names import feature_names, vocabulary_inputs
+from mechlab.graphs.paths import FeaturePath, describe_path, feature_paths
 from mechlab.graphs.prune import PruneResult, graph_scores, prune_graph
 from mechlab.graphs.verify import Verification, verify_graph
 from mechlab.graphs.viewer import feature_reports, graph_page, logit_effects
@@ -39,4 +40,5 @@ __all__ = [
     "prune_graph",
     "save_graph_json",
     "verify_graph",
+    "vocabulary_inputs",
 ]

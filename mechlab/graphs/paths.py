@@ -1,4 +1,4 @@
-"""Paths through named features: how each input token reaches the output through features alone.
+"""Paths through features: how each input token reaches the output through features alone.
 
 ``feature_paths``: for each input token, the chain token → feature → … → feature → logit of positive
 direct effects (each step raises the next node) whose *share* is largest, the share being the
@@ -7,24 +7,17 @@ product of the edges' normalised weights (``prune.normalize_matrix``: an edge's 
 paths, error nodes included; a path's share is its part of that sum, so a path through features
 with share 0.01 carries 1% of the logit's input. Error nodes are never on a path: a path is the
 part of the computation the transcoders explain.
-
-``feature_names``: a short name per feature node from its feature page (the tokens it fires most
-on in the corpus) and its logit effects (the token its decoder row promotes most), e.g.
-``"Tower·Bridge → ' Paris'"``, as circuit-tracer's ``clerp`` labels but computed, not written.
 """
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 
-from mechlab.dictionaries.features import FeatureReport
 from mechlab.graphs.graph import AttributionGraph
 from mechlab.graphs.prune import PruneResult, normalize_matrix
 from mechlab.render.tokens import visible
-
-Effects = Mapping[int, tuple[Sequence[tuple[str, float]], Sequence[tuple[str, float]]]]
 
 
 class FeaturePath(NamedTuple):
@@ -82,40 +75,6 @@ def _step(
     top = int(scores.argmax())
     if scores[top] > 0:
         best[node], nxt[node] = scores[top], targets[top]
-
-
-def feature_names(
-    graph: AttributionGraph,
-    effects: Effects | None = None,
-    reports: Mapping[int, FeatureReport] | None = None,
-    *,
-    tokens: int = 2,
-) -> dict[int, str]:
-    """A name per feature node: ``"A·B → 'x'"``, the ``tokens`` distinct tokens it peaks on in its
-    top contexts (``reports``, per layer) and the token its decoder promotes most (``effects``)."""
-    names = {}
-    for index in range(graph.n_features):
-        layer, _, latent = (int(v) for v in graph.active_features[index])
-        parts = []
-        report = (reports or {}).get(layer)
-        if report is not None:
-            try:
-                contexts = report[latent].contexts
-            except (KeyError, IndexError, ValueError):
-                contexts = ()
-            peaks: list[str] = []
-            for context in contexts:
-                word = visible(context.tokens[context.peak]).strip() or visible(context.tokens[context.peak])
-                if word not in peaks:
-                    peaks.append(word)
-            if peaks:
-                parts.append("·".join(peaks[:tokens]))
-        up = (effects or {}).get(index, ((), ()))[0]
-        if up:
-            parts.append(f"→ {visible(up[0][0])!r}")
-        if parts:
-            names[index] = " ".join(parts)
-    return names
 
 
 def describe_path(graph: AttributionGraph, path: FeaturePath, names: Mapping[int, str]) -> str:

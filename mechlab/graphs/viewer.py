@@ -10,9 +10,10 @@ incoming and outgoing edges. A legend explains the replacement and completeness 
 intervention agreement. All data travels as JSON made safe for ``<script>`` (``script_json``); the
 page loads nothing from the network (``mechlab.render.page``'s Content-Security-Policy).
 
-Feature nodes are named by ``paths.feature_names`` (the tokens they fire on, the token they
-promote); each input token's strongest path through features to the target (``paths.feature_paths``)
-is listed and drawn over the graph in dark blue.
+Feature nodes are named by ``names.feature_names`` (the tokens that excite them, the tokens they
+promote); a card lists, when given, the vocabulary tokens that excite the feature on their own
+(``names.vocabulary_inputs``); each input token's strongest path through features to the target
+(``paths.feature_paths``) is listed and drawn over the graph in dark blue.
 """
 
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,8 @@ from mechlab.dictionaries.features import FeatureReport, feature_pages_many
 from mechlab.dictionaries.transcoder import Transcoder, encoder_view
 from mechlab.graphs.attribution import _label
 from mechlab.graphs.graph import AttributionGraph
-from mechlab.graphs.paths import FeaturePath, describe_path, feature_names, feature_paths
+from mechlab.graphs.names import TokenValues, feature_names
+from mechlab.graphs.paths import FeaturePath, describe_path, feature_paths
 from mechlab.graphs.prune import PruneResult, graph_scores, prune_graph
 from mechlab.graphs.verify import Verification
 from mechlab.render.html import escape, table
@@ -236,9 +238,13 @@ def _card(
     index: int,
     effects: Mapping[int, tuple[list[tuple[str, float]], list[tuple[str, float]]]],
     reports: Mapping[int, FeatureReport],
+    inputs: TokenValues = (),
 ) -> str:
     layer, pos, feature = (int(v) for v in graph.active_features[index])
     parts = [f'<div class="card" id="card-{index}" hidden>']
+    if inputs:
+        alone = [(visible(token), f"{value:.3f}") for token, value in inputs]
+        parts.append(table(["token", "activation"], alone, caption="Tokens that excite it on their own"))
     if index in effects:
         up, down = effects[index]
         rows = [
@@ -269,16 +275,18 @@ def graph_page(
     verification: Verification | None = None,
     effects: Mapping[int, tuple[list[tuple[str, float]], list[tuple[str, float]]]] | None = None,
     reports: Mapping[int, FeatureReport] | None = None,
+    inputs: Mapping[int, TokenValues] | None = None,
     id_prefix: str | None = None,
 ) -> Page:
     """The interactive page of ``graph`` (pruned with circuit-tracer's defaults unless given).
 
     ``effects``: ``logit_effects(...)`` for feature cards; ``reports``: feature pages per layer
-    (``feature_reports``: each layer's transcoder's feature pages) for top contexts.
+    (``feature_reports``: each layer's transcoder's feature pages) for top contexts; ``inputs``:
+    ``vocabulary_inputs(...)``, the tokens that excite early-layer features on their own.
     """
     pruned = pruned if pruned is not None else prune_graph(graph)
-    effects = effects or {}
-    names = feature_names(graph, effects, reports)
+    effects, inputs = effects or {}, inputs or {}
+    names = feature_names(graph, effects, reports, inputs=inputs)
     replacement, completeness = graph_scores(graph)
     page = Page(
         f"Attribution graph: {graph.prompt}",
@@ -314,7 +322,9 @@ def graph_page(
     paths = feature_paths(graph, pruned)
     data = graph_data(graph, pruned, names, paths)
     cards = "".join(
-        _card(graph, n["id"], effects, reports or {}) for n in data["nodes"] if n["kind"] == "feature"
+        _card(graph, n["id"], effects, reports or {}, inputs.get(n["id"], ()))
+        for n in data["nodes"]
+        if n["kind"] == "feature"
     )
     view.html(
         f"<style>{_STYLE}</style>"

@@ -5,12 +5,17 @@ import pytest
 import torch
 
 from mechlab.dictionaries.features import Context, Feature, FeatureReport
+from mechlab.errors import InputError
 from mechlab.graphs.attribution import attribute
 from mechlab.graphs.graph import AttributionGraph
-from mechlab.graphs.paths import describe_path, feature_names, feature_paths
+from mechlab.graphs.names import feature_names, vocabulary_inputs
+from mechlab.graphs.paths import describe_path, feature_paths
 from mechlab.graphs.prune import prune_graph
 from mechlab.graphs.viewer import logit_effects
-from tests.unit.graphs.planted import N0, N1, PROMPT, T, planted_model
+from mechlab.hooks import hooked, recorder
+from mechlab.sites import Site
+from mechlab.tokens import token_text
+from tests.unit.graphs.planted import N0, N1, PROMPT, A, T, planted_model
 
 
 def test_the_planted_circuit_is_token_a_to_logit_t() -> None:
@@ -112,6 +117,33 @@ def test_names_join_peak_tokens_and_the_promoted_token() -> None:
     report = FeatureReport(
         name="tc0", site="mlp_in.0", features=(feature,), n_tokens=10, corpus="", frequency=torch.zeros(16)
     )
-    effects = {0: ([(" Paris", 2.0)], [(" dog", -1.0)]), 1: ([], [])}
+    promoted = [("\ufffd", 3.0), (" Paris", 2.0), (" Lyon", 1.5), (" Nice", 1.0)]
+    effects = {0: (promoted, [(" dog", -1.0)]), 1: ([], [])}
     names = feature_names(graph, effects, {0: report})
-    assert names == {0: "Tower·Bridge → ' Paris'"}
+    assert names == {0: "Tower·Bridge → ' Paris' ' Lyon'"}  # the byte piece left out, two promoted
+    assert feature_names(graph, effects, {0: report}, promoted=1) == {0: "Tower·Bridge → ' Paris'"}
+    # the vocabulary tokens that excite a feature alone, when given, replace its corpus peaks
+    inputs = {0: [(" Eiffel", 3.0), ("Eiffel", 2.5), (" Tower", 1.0)]}
+    assert feature_names(graph, effects, {0: report}, inputs=inputs)[0] == "Eiffel·Tower → ' Paris' ' Lyon'"
+
+
+def test_vocabulary_inputs_rank_the_planted_token_first_with_its_activation_alone() -> None:
+    model, transcoders = planted_model()
+    graph = attribute(model, transcoders, PROMPT, target=T)  # type: ignore[arg-type]
+    f0, f1 = graph.feature_index(0, 5, N0), graph.feature_index(1, 5, N1)
+    # in this toy, layer 0's attention must mix a token in before A for N0 to fire
+    inputs = vocabulary_inputs(model, transcoders, graph, k=3, prefix=[1], batch_size=5)  # type: ignore[arg-type]
+    assert f1 not in inputs  # layer 0 only by default
+    token, value = inputs[f0][0]
+    assert token == token_text(model, A)  # type: ignore[arg-type]
+    acts: dict[Site, torch.Tensor] = {}
+    with hooked(model, {Site("mlp_in", 0): recorder(acts)}):  # type: ignore[arg-type]
+        model(torch.tensor([[1, A]]))  # type: ignore[operator]
+    alone = transcoders[0].encode(acts[Site("mlp_in", 0)][0, -1])[N0].detach()
+    assert value == pytest.approx(float(alone), rel=1e-5) and value > 0
+    assert [v for _, v in inputs[f0]] == sorted((v for _, v in inputs[f0]), reverse=True)
+    # N1 reads what N0 writes: alone, token A excites it too, through layer 0's MLP
+    both = vocabulary_inputs(model, transcoders, graph, layers=(0, 1), k=3, prefix=[1])  # type: ignore[arg-type]
+    assert both[f1][0][0] == token_text(model, A) and both[f0] == inputs[f0]
+    with pytest.raises(InputError, match="No transcoder for layers"):
+        vocabulary_inputs(model, {1: transcoders[1]}, graph)  # type: ignore[arg-type]
