@@ -64,7 +64,7 @@ def harvest_dir() -> Path:
 
 def build(model: Any, out: Path) -> dict[str, float]:
     """Train the recipe's SAE into ``out``; returns the measured throughputs."""
-    from mechlab.dictionaries.train import TrainConfig
+    from mechlab.dictionaries.train_config import TrainConfig
 
     config = TrainConfig(**RECIPE)  # type: ignore[arg-type]
     work = out.parent / (out.name + ".work")

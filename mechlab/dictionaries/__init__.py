@@ -6,7 +6,10 @@
 - ``formats``: mechlab / SAELens / Gemma Scope directories.
 - ``corpus``: the offline text corpus, tokenized and cached.
 - ``harvest``: activations streamed into a bounded shuffling buffer, or captured to shards.
-- ``train``: training with warm-up/decay, dead-latent auxiliary loss, resumable checkpoints.
+- ``train``: training with warm-up/decay, dead-latent auxiliary loss, resumable checkpoints;
+  ``train_config``: its settings (``TrainConfig``) and progress reports.
+- ``transcoder`` / ``transcoder_train``: transcoders (MLP input → MLP output), trained per layer.
+- ``features``: feature pages (top contexts, histograms, logit effects) from one corpus pass.
 - ``evaluate``: FVE, L0, dead/dense latents, loss recovered with the SAE spliced in.
 """
 

@@ -18,7 +18,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechlab.dictionaries.harvest import TensorBuffer
-from mechlab.dictionaries.train import TrainConfig, train_sae_on
+from mechlab.dictionaries.train import train_sae_on
+from mechlab.dictionaries.train_config import TrainConfig
 from mechlab.dictionaries.transcoder import Transcoder, from_sae, transcoder_config
 from mechlab.errors import InputError
 from mechlab.hooks import SiteHook, hooked, recorder

@@ -9,7 +9,8 @@ import torch
 import mechlab
 from mechlab.dictionaries import SAEConfig
 from mechlab.dictionaries.harvest import ActivationBuffer, TensorBuffer
-from mechlab.dictionaries.train import TrainConfig, TrainProgress, lr_factor, train_sae, train_sae_on
+from mechlab.dictionaries.train import train_sae, train_sae_on
+from mechlab.dictionaries.train_config import TrainConfig, TrainProgress, lr_factor
 from mechlab.errors import InputError
 from mechlab.shards import read_capture
 from mechlab.sites import Site

@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 import mechlab
 from mechlab.dictionaries import SAEConfig
 from mechlab.dictionaries.harvest import TensorBuffer
-from mechlab.dictionaries.train import TrainConfig, train_sae_on
+from mechlab.dictionaries.train import train_sae_on
+from mechlab.dictionaries.train_config import TrainConfig
 from mechlab.dictionaries.transcoder import Transcoder, load_transcoder, load_transcoders, transcoder_config
 from mechlab.dictionaries.transcoder_train import evaluate_transcoders, train_transcoders
 from mechlab.errors import InputError
