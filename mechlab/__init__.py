@@ -99,7 +99,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "mechlab.dictionaries.train": ("train_sae",),
     "mechlab.dictionaries.train_config": ("TrainConfig", "TrainProgress"),
     "mechlab.dictionaries.site": ("SAESite", "attach_sae", "detach_sae"),
-    "mechlab.dictionaries.features": ("FeatureReport", "feature_pages", "feature_pages_many"),
+    "mechlab.dictionaries.features": ("feature_pages", "feature_pages_many"),
+    "mechlab.dictionaries.feature_report": ("FeatureReport",),
     "mechlab.dictionaries.transcoder": ("Transcoder", "load_transcoder", "load_transcoders"),
     "mechlab.dictionaries.transcoder_train": (
         "TranscoderEvaluation",

@@ -9,7 +9,8 @@
 - ``train``: training with warm-up/decay, dead-latent auxiliary loss, resumable checkpoints;
   ``train_config``: its settings (``TrainConfig``) and progress reports.
 - ``transcoder`` / ``transcoder_train``: transcoders (MLP input → MLP output), trained per layer.
-- ``features``: feature pages (top contexts, histograms, logit effects) from one corpus pass.
+- ``features``: feature pages (top contexts, histograms, logit effects) from one corpus pass;
+  ``feature_report``: the pages' data and rendering.
 - ``evaluate``: FVE, L0, dead/dense latents, loss recovered with the SAE spliced in.
 """
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mechlab.dictionaries.features import FeatureReport
+from mechlab.dictionaries.feature_report import FeatureReport
 from mechlab.dictionaries.transcoder import Transcoder
 from mechlab.errors import InputError
 from mechlab.graphs.graph import AttributionGraph

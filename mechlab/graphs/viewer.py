@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlab.dictionaries.features import FeatureReport, feature_pages_many
+from mechlab.dictionaries.feature_report import FeatureReport
+from mechlab.dictionaries.features import feature_pages_many
 from mechlab.dictionaries.transcoder import Transcoder, encoder_view
 from mechlab.graphs.attribution import _label
 from mechlab.graphs.graph import AttributionGraph

@@ -26,7 +26,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechlab.activations import capture
-from mechlab.dictionaries.features import FeatureReport, feature_pages
+from mechlab.dictionaries.feature_report import FeatureReport
+from mechlab.dictionaries.features import feature_pages
 from mechlab.dictionaries.site import SAESite
 from mechlab.hooks import differentiable, gradients
 from mechlab.interventions.inputs import Ablation

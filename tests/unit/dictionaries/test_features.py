@@ -5,14 +5,8 @@ import pytest
 import torch
 
 import mechlab
-from mechlab.dictionaries.features import (
-    Context,
-    Feature,
-    FeatureReport,
-    bin_edges,
-    feature_pages,
-    feature_pages_many,
-)
+from mechlab.dictionaries.feature_report import Context, Feature, FeatureReport, bin_edges
+from mechlab.dictionaries.features import feature_pages, feature_pages_many
 from mechlab.dictionaries.site import attached
 from mechlab.errors import InputError
 from tests.unit.dictionaries.test_site import make_sae

@@ -4,7 +4,7 @@ computed by hand; negative edges and error nodes are never on a path; features a
 import pytest
 import torch
 
-from mechlab.dictionaries.features import Context, Feature, FeatureReport
+from mechlab.dictionaries.feature_report import Context, Feature, FeatureReport
 from mechlab.errors import InputError
 from mechlab.graphs.attribution import attribute
 from mechlab.graphs.graph import AttributionGraph
