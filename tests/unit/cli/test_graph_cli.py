@@ -88,3 +88,6 @@ def test_graph_command_on_smollm2(tmp_path: Path, capsys: pytest.CaptureFixture[
     # every feature (all kept: thresholds 1) is named from its corpus contexts and the token it promotes
     assert features and all("→ " in n["clerp"] for n in features)
     assert any(not n["clerp"].startswith("→") for n in features)  # some fired in the corpus
+    # layer 0's features also list the vocabulary tokens that excite them alone, on their cards
+    layer0 = [n for n in features if n["layer"] == "0"]
+    assert layer0 and html.count("Tokens that excite it on their own") == len(layer0)
