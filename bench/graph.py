@@ -10,7 +10,9 @@
    scores, and the intervention agreement r over the top features (target: r ≥ 0.8); names the
    kept features (layer 0's by the vocabulary tokens that excite them alone, the others by their top
    contexts in ``NAMING_TOKENS`` corpus tokens; all by their promoted tokens) and prints each
-   prompt token's strongest path through features to the target (``mechlab.feature_paths``);
+   prompt token's strongest path through features to the target (``mechlab.feature_paths``) and,
+   for the features on the top three, the change of the output when each is ablated in the real
+   model against the graph's prediction;
    writes the page and the JSON when ``--out`` is given.
 
 Run: ``.venv/bin/python bench/graph.py --train transcoders/smollm2`` (see the recipe for the cost),
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 import mechlab
+from mechlab.graphs.verify import measured_ablation, predicted_ablation
 
 PROMPT = "The Eiffel Tower is located in the city of"
 RECIPE = {
@@ -108,6 +111,13 @@ def graph(model: object, directory: Path, prompt: str, out: Path | None, max_fea
     print(f"strongest paths through features to {result.logit_labels[0]!r}, per prompt token:")
     for path in paths:
         print("  " + mechlab.describe_path(result, path, names))
+    weights = result.logit_probabilities
+    print("the top 3 paths' features ablated in the real model: the output's change, predicted → measured")
+    for node in dict.fromkeys(n for path in paths[:3] for n in path.nodes if n < result.n_features):
+        predicted = float(predicted_ablation(result, node) @ weights)
+        measured = float(measured_ablation(model, transcoders, result, node) @ weights)
+        layer, pos, latent = (int(v) for v in result.active_features[node])
+        print(f"  L{layer} F{latent}@{pos} [{names.get(node, '')}]: {predicted:+.4f} → {measured:+.4f}")
     if out is not None:
         page = mechlab.graph_page(
             result, pruned=pruned, verification=check, effects=effects, reports=reports, inputs=inputs
