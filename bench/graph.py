@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import mechlab
-from mechlab.graphs.verify import measured_ablation, predicted_ablation
+from mechlab.graphs.verify import ablation_effect
 
 PROMPT = "The Eiffel Tower is located in the city of"
 RECIPE = {
@@ -111,11 +111,10 @@ def graph(model: object, directory: Path, prompt: str, out: Path | None, max_fea
     print(f"strongest paths through features to {result.logit_labels[0]!r}, per prompt token:")
     for path in paths:
         print("  " + mechlab.describe_path(result, path, names))
-    weights = result.logit_probabilities
     print("the top 3 paths' features ablated in the real model: the output's change, predicted → measured")
+    verified = dict(zip(check.nodes, zip(check.predicted, check.measured, strict=True), strict=True))
     for node in dict.fromkeys(n for path in paths[:3] for n in path.nodes if n < result.n_features):
-        predicted = float(predicted_ablation(result, node) @ weights)
-        measured = float(measured_ablation(model, transcoders, result, node) @ weights)
+        predicted, measured = verified.get(node) or ablation_effect(model, transcoders, result, node)
         layer, pos, latent = (int(v) for v in result.active_features[node])
         print(f"  L{layer} F{latent}@{pos} [{names.get(node, '')}]: {predicted:+.4f} → {measured:+.4f}")
     if out is not None:

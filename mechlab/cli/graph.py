@@ -131,7 +131,8 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "--corpus-tokens",
         type=int,
         default=4096,
-        help="name features by their top contexts in this many corpus tokens (default 4096; 0: none)",
+        help="name features after layer 0 by their top contexts in this many corpus tokens (default "
+        "4096; 0: none); layer 0's are named by the vocabulary tokens that excite them alone",
     )
     p.add_argument("--paths", type=positive_int, default=5, help="paths through features printed (5)")
 

@@ -23,7 +23,7 @@ def graph_json(
     names: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The pruned graph in circuit-tracer's graph-file layout (see the module docstring); ``names``
-    (``paths.feature_names``) become the feature nodes' ``clerp``."""
+    (``names.feature_names``) become the feature nodes' ``clerp``."""
     pruned = pruned if pruned is not None else prune_graph(graph)
     names = names or {}
     influence = node_influence(graph)

@@ -22,7 +22,6 @@ from mechlab.dictionaries.transcoder import Transcoder
 from mechlab.errors import InputError
 from mechlab.graphs.graph import AttributionGraph
 from mechlab.graphs.prune import PruneResult
-from mechlab.hooks import hooked, recorder
 from mechlab.render.tokens import visible
 from mechlab.sites import Site
 from mechlab.tokens import token_text
@@ -45,8 +44,8 @@ def vocabulary_inputs(
 ) -> dict[int, list[tuple[str, float]]]:
     """For each feature node in ``layers`` (those ``pruned`` kept, when given): the ``k`` vocabulary
     tokens that activate it most, each token run alone after the token ids ``prefix`` (default: the
-    document separator; nothing for a model without a tokenizer), with the activation (only tokens
-    that activate it at all)."""
+    corpus's document separator; the prompt's first token for a model without a tokenizer), with the
+    activation (only tokens that activate it at all)."""
     wanted: dict[int, list[int]] = {}
     for index in range(graph.n_features):
         layer = int(graph.active_features[index, 0])
@@ -59,32 +58,32 @@ def vocabulary_inputs(
         return {}
     if k < 1 or batch_size < 1:
         raise InputError(f"k and batch_size must be positive; got k={k}, batch_size={batch_size}.")
-    from mechlab.dictionaries.corpus import separator_id
+    from mechlab.activations import capture
 
+    tokenizer = getattr(model, "tokenizer", None)
     if prefix is None:
-        tokenizer = getattr(model, "tokenizer", None)
-        prefix = [] if tokenizer is None else [separator_id(tokenizer)]
-    device = torch.device(model.cfg.device)
-    latents = {layer: graph.active_features[nodes, 2].to(device) for layer, nodes in wanted.items()}
-    best = {layer: torch.zeros(len(nodes), 0, device=device) for layer, nodes in wanted.items()}
-    best_ids = {layer: best[layer].long() for layer in wanted}
-    vocab = int(model.cfg.d_vocab)
-    sites = {layer: Site("mlp_in", layer) for layer in wanted}
-    with torch.no_grad():
-        for start in range(0, vocab, batch_size):
-            ids = torch.arange(start, min(vocab, start + batch_size), device=device)
-            before = torch.tensor(list(prefix), dtype=torch.long, device=device)
-            batch = torch.cat([before.expand(len(ids), -1), ids[:, None]], 1)
-            acts: dict[Site, torch.Tensor] = {}
-            with hooked(model, {site: recorder(acts) for site in sites.values()}):
-                model(batch, stop_at_layer=max(wanted) + 1)
-            for layer, site in sites.items():
-                z = transcoders[layer].encode(acts[site][:, -1].to(device))[:, latents[layer]].T.float()
-                values = torch.cat([best[layer], z], 1)
-                order = values.topk(min(k, values.shape[1]), dim=1)
-                best[layer] = order.values
-                candidates = torch.cat([best_ids[layer], ids.expand(len(z), -1)], 1)
-                best_ids[layer] = candidates.gather(1, order.indices)
+        from mechlab.dictionaries.corpus import separator_id
+
+        prefix = graph.input_tokens[:1].tolist() if tokenizer is None else [separator_id(tokenizer)]
+    vocab = int(model.cfg.d_vocab) if tokenizer is None else min(int(model.cfg.d_vocab), len(tokenizer))
+    before = torch.tensor(list(prefix), dtype=torch.long)
+    sites = [Site("mlp_in", layer) for layer in wanted]
+    best: dict[int, torch.Tensor] = {}
+    best_ids: dict[int, torch.Tensor] = {}
+    for start in range(0, vocab, batch_size):
+        ids = torch.arange(start, min(vocab, start + batch_size))
+        batch = torch.cat([before.expand(len(ids), -1), ids[:, None]], 1)
+        acts = capture(model, batch.to(model.cfg.device), sites, logits=False, max_bytes=None)
+        for layer, nodes in wanted.items():
+            transcoder = transcoders[layer]
+            x = acts[Site("mlp_in", layer)][:, -1].to(transcoder.W_enc.device)
+            with torch.no_grad():
+                z = transcoder.encode(x)[:, graph.active_features[nodes, 2]].T.float().cpu()
+            values = torch.cat([best.get(layer, z[:, :0]), z], 1)
+            seen = best_ids.get(layer, ids[None, :0].expand(len(z), -1))
+            candidates = torch.cat([seen, ids.expand(len(z), -1)], 1)
+            order = values.topk(min(k, values.shape[1]), dim=1)
+            best[layer], best_ids[layer] = order.values, candidates.gather(1, order.indices)
     out: dict[int, list[tuple[str, float]]] = {}
     for layer, nodes in wanted.items():
         for row, index in enumerate(nodes):
@@ -110,7 +109,7 @@ def feature_names(
     for index in range(graph.n_features):
         layer, _, latent = (int(v) for v in graph.active_features[index])
         parts = []
-        excited = [visible(token).strip() or visible(token) for token, _ in (inputs or {}).get(index, ())]
+        excited = [_word(token) for token, _ in (inputs or {}).get(index, ())]
         if not excited:
             excited = _peaks(reports, layer, latent)
         if excited:
@@ -132,7 +131,12 @@ def _peaks(reports: Mapping[int, FeatureReport] | None, layer: int, latent: int)
         contexts = report[latent].contexts
     except (KeyError, IndexError, ValueError):
         return []
-    return [visible(c.tokens[c.peak]).strip() or visible(c.tokens[c.peak]) for c in contexts]
+    return [_word(c.tokens[c.peak]) for c in contexts]
+
+
+def _word(token: str) -> str:
+    """A token's text for a name: whitespace made visible, surrounding spaces dropped."""
+    return visible(token).strip() or visible(token)
 
 
 def _readable(token: str) -> bool:

@@ -78,7 +78,7 @@ def _step(
 
 
 def describe_path(graph: AttributionGraph, path: FeaturePath, names: Mapping[int, str]) -> str:
-    """One line: ``'Tower'@3 → L0 F12@3 [Tower·Bridge → ' Paris'] → … → ' Paris' (share 0.012)``."""
+    """One line: ``'Tower'@3 → L0 F12@3 [Tower·Bridge → ' Paris' ' Lyon'] → … → ' Paris' (share 0.012)``."""
     steps = []
     for node in path.nodes:
         kind = graph.node_kind(node)

@@ -104,12 +104,12 @@ def verify_graph(
         raise InputError("The graph has no feature nodes to verify (no transcoder feature was active).")
     influence = node_influence(graph)[: graph.n_features]
     nodes = torch.topk(influence, min(top, graph.n_features)).indices.tolist()
-    weights = graph.logit_probabilities
     predicted, measured, direct = [], [], []
     for node in nodes:
-        predicted.append(float(predicted_ablation(graph, node) @ weights))
-        measured.append(float(measured_ablation(model, transcoders, graph, node) @ weights))
-        direct.append(float(-graph.adjacency[graph.logit_start :, node] @ weights))
+        by_graph, in_model = ablation_effect(model, transcoders, graph, node)
+        predicted.append(by_graph)
+        measured.append(in_model)
+        direct.append(float(-graph.adjacency[graph.logit_start :, node] @ graph.logit_probabilities))
     return Verification(
         tuple(nodes),
         tuple(predicted),
@@ -118,6 +118,16 @@ def verify_graph(
         pearson(predicted, measured),
         pearson(direct, measured),
     )
+
+
+def ablation_effect(
+    model: HookedModel, transcoders: Mapping[int, Transcoder], graph: AttributionGraph, node: int
+) -> tuple[float, float]:
+    """``(predicted, measured)``: the change of the output (logit nodes weighted by their
+    probabilities) when feature ``node`` is ablated, by the graph and in the real model."""
+    weights = graph.logit_probabilities
+    predicted = float(predicted_ablation(graph, node) @ weights)
+    return predicted, float(measured_ablation(model, transcoders, graph, node) @ weights)
 
 
 def pearson(x: list[float], y: list[float]) -> float:

@@ -131,19 +131,29 @@ def test_vocabulary_inputs_rank_the_planted_token_first_with_its_activation_alon
     model, transcoders = planted_model()
     graph = attribute(model, transcoders, PROMPT, target=T)  # type: ignore[arg-type]
     f0, f1 = graph.feature_index(0, 5, N0), graph.feature_index(1, 5, N1)
-    # in this toy, layer 0's attention must mix a token in before A for N0 to fire
-    inputs = vocabulary_inputs(model, transcoders, graph, k=3, prefix=[1], batch_size=5)  # type: ignore[arg-type]
-    assert f1 not in inputs  # layer 0 only by default
-    token, value = inputs[f0][0]
-    assert token == token_text(model, A)  # type: ignore[arg-type]
+    # no tokenizer: each token runs after the prompt's first token (in this toy, layer 0's attention
+    # must mix a token in before A for N0 to fire)
+    inputs = vocabulary_inputs(model, transcoders, graph, k=3, batch_size=5)  # type: ignore[arg-type]
+    assert set(inputs) == set((graph.active_features[:, 0] == 0).nonzero().flatten().tolist())  # layer 0
+    vocab = torch.arange(model.cfg.d_vocab)  # type: ignore[attr-defined]
     acts: dict[Site, torch.Tensor] = {}
     with hooked(model, {Site("mlp_in", 0): recorder(acts)}):  # type: ignore[arg-type]
-        model(torch.tensor([[1, A]]))  # type: ignore[operator]
-    alone = transcoders[0].encode(acts[Site("mlp_in", 0)][0, -1])[N0].detach()
-    assert value == pytest.approx(float(alone), rel=1e-5) and value > 0
-    assert [v for _, v in inputs[f0]] == sorted((v for _, v in inputs[f0]), reverse=True)
+        model(torch.stack([torch.full_like(vocab, int(PROMPT[0])), vocab], 1))  # type: ignore[operator]
+    alone = transcoders[0].encode(acts[Site("mlp_in", 0)][:, -1]).detach()  # [d_vocab, d_sae], one batch
+    for node, listed in inputs.items():
+        column = alone[:, int(graph.active_features[node, 2])]
+        top = column.topk(3)
+        expected = [(token_text(model, int(t)), float(v)) for v, t in zip(*top, strict=True) if v > 0]  # type: ignore[arg-type]
+        assert [t for t, _ in listed] == [t for t, _ in expected]
+        assert [v for _, v in listed] == pytest.approx([v for _, v in expected], rel=1e-5)
+    assert inputs[f0][0][0] == token_text(model, A) and inputs[f0][0][1] > 0  # type: ignore[arg-type]
     # N1 reads what N0 writes: alone, token A excites it too, through layer 0's MLP
-    both = vocabulary_inputs(model, transcoders, graph, layers=(0, 1), k=3, prefix=[1])  # type: ignore[arg-type]
-    assert both[f1][0][0] == token_text(model, A) and both[f0] == inputs[f0]
+    both = vocabulary_inputs(model, transcoders, graph, layers=(0, 1), k=3)  # type: ignore[arg-type]
+    assert both[f1][0][0] == token_text(model, A)  # type: ignore[arg-type]
+    assert [v for _, v in both[f0]] == pytest.approx([v for _, v in inputs[f0]], rel=1e-5)
+    # with a pruned graph, only the kept features
+    pruned = prune_graph(graph)
+    pruned.node_mask[f0] = False
+    assert f0 not in vocabulary_inputs(model, transcoders, graph, pruned, k=3)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="No transcoder for layers"):
         vocabulary_inputs(model, {1: transcoders[1]}, graph)  # type: ignore[arg-type]
