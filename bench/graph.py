@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import mechlab
+from mechlab.graphs.paths import step_label
 from mechlab.graphs.verify import ablation_effect
 
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -115,8 +116,7 @@ def graph(model: object, directory: Path, prompt: str, out: Path | None, max_fea
     verified = dict(zip(check.nodes, zip(check.predicted, check.measured, strict=True), strict=True))
     for node in dict.fromkeys(n for path in paths[:3] for n in path.nodes if n < result.n_features):
         predicted, measured = verified.get(node) or ablation_effect(model, transcoders, result, node)
-        layer, pos, latent = (int(v) for v in result.active_features[node])
-        print(f"  L{layer} F{latent}@{pos} [{names.get(node, '')}]: {predicted:+.4f} → {measured:+.4f}")
+        print(f"  {step_label(result, node, names)}: {predicted:+.4f} → {measured:+.4f}")
     if out is not None:
         page = mechlab.graph_page(
             result, pruned=pruned, verification=check, effects=effects, reports=reports, inputs=inputs

@@ -79,16 +79,18 @@ def _step(
 
 def describe_path(graph: AttributionGraph, path: FeaturePath, names: Mapping[int, str]) -> str:
     """One line: ``'Tower'@3 → L0 F12@3 [Tower·Bridge → ' Paris' ' Lyon'] → … → ' Paris' (share 0.012)``."""
-    steps = []
-    for node in path.nodes:
-        kind = graph.node_kind(node)
-        if kind == "token":
-            pos = node - graph.token_start
-            steps.append(f"{visible(graph.token_strings[pos])!r}@{pos}")
-        elif kind == "feature":
-            layer, pos, latent = (int(v) for v in graph.active_features[node])
-            name = names.get(node)
-            steps.append(f"L{layer} F{latent}@{pos}" + (f" [{name}]" if name else ""))
-        else:
-            steps.append(visible(graph.logit_labels[node - graph.logit_start]))
-    return " → ".join(steps) + f" (share {path.share:.2e})"
+    return " → ".join(step_label(graph, node, names) for node in path.nodes) + f" (share {path.share:.2e})"
+
+
+def step_label(graph: AttributionGraph, node: int, names: Mapping[int, str]) -> str:
+    """A token, feature or logit node as ``describe_path`` writes it: ``'Tower'@3``,
+    ``L0 F12@3 [name]``, ``' Paris'``."""
+    kind = graph.node_kind(node)
+    if kind == "token":
+        pos = node - graph.token_start
+        return f"{visible(graph.token_strings[pos])!r}@{pos}"
+    if kind == "feature":
+        layer, pos, latent = (int(v) for v in graph.active_features[node])
+        name = names.get(node)
+        return f"L{layer} F{latent}@{pos}" + (f" [{name}]" if name else "")
+    return visible(graph.logit_labels[node - graph.logit_start])
